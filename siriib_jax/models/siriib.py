@@ -1,0 +1,147 @@
+"""SiRIIB: the SR block, x_avg, the feature extractor c(·) and the IB skips p_i(·).
+
+Paper §3.2, §4.2 and App. B; every choice the paper leaves open is the one in SPEC §1–2.
+Inputs are raw images in [0, 1], NHWC; nothing here is normalised.
+"""
+
+from typing import Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from siriib_jax.models.backbone import SkipTarget
+from siriib_jax.models.layers import Conv1x1, Conv3x3, batch_norm, conv_init
+from siriib_jax.models.resnet import PreActBlock
+
+EXTRACTOR_VARIANTS = ("base", "L", "XL")
+
+
+def modulate_amplitude(y: jnp.ndarray, amplitude_fn: Callable[[jnp.ndarray], jnp.ndarray],
+                       eps: float = 1e-8) -> jnp.ndarray:
+  """Singular-value branch of SR (paper §3.2, SPEC §1.2): modulate the Fourier amplitude.
+
+  `F = rfft2(y)` over (H, W) per channel; `F' = amplitude_fn(|F|) · F / |F|`;
+  returns `irfft2(F', s=(H, W))`. `|F|` is `sqrt(re² + im² + eps²)`, so the phase
+  `F / |F|` and its gradient stay finite where `F = 0` (no `angle`, whose gradient is
+  undefined there), and an identity `amplitude_fn` returns `y` exactly up to rounding.
+  The transform runs in float32 whatever `y`'s dtype.
+
+  Args:
+    y: (B, H, W, C) real.
+    amplitude_fn: maps amplitudes (B, H, W // 2 + 1, C) to modulated amplitudes, same shape.
+    eps: amplitude floor.
+  Returns:
+    (B, H, W, C) float32.
+  """
+  height, width = y.shape[1:3]
+  spectrum = jnp.fft.rfft2(y.astype(jnp.float32), axes=(1, 2))
+  amplitude = jnp.sqrt(jnp.real(spectrum)**2 + jnp.imag(spectrum)**2 + eps**2)
+  modulated = amplitude_fn(amplitude).astype(jnp.float32)
+  return jnp.fft.irfft2(spectrum * (modulated / amplitude), s=(height, width), axes=(1, 2))
+
+
+class SRBlock(nn.Module):
+  """Singular regularisation of one scale (paper §3.2, App. B; SPEC §1).
+
+  1. `y = x · W`, a bias-free 1×1 conv 3 → `orth_channels` whose 3 × `orth_channels`
+     kernel is pushed towards orthonormal rows by `R_τ` (an isometry keeps the singular
+     values of the channel × pixel matrix). Its parameters live under `orthogonal`.
+  2. `z`: the amplitude of `rfft2(y)` modulated by a 1×1 conv with bias, phase kept.
+  3. `BatchNorm(conv1x1(concat[y, z]))` back to the input's channels.
+
+  Input (B, H, W, C); output (B, H, W, C), before the sigmoid.
+  """
+  orth_channels: int = 12
+  fft_eps: float = 1e-8
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    channels = x.shape[-1]
+    y = Conv1x1(self.orth_channels, dtype=self.dtype, kernel_init=nn.initializers.orthogonal(),
+                name="orthogonal")(x)
+    amplitude_conv = nn.Conv(self.orth_channels, (1, 1), kernel_init=conv_init,
+                             dtype=jnp.float32, name="amplitude")
+    z = modulate_amplitude(y, amplitude_conv, self.fft_eps)
+    fused = Conv1x1(channels, dtype=self.dtype, name="fuse")(
+        jnp.concatenate([y, z.astype(y.dtype)], axis=-1))
+    return batch_norm(train, self.dtype, name="fuse_bn")(fused)
+
+
+def resize_bilinear(x: jnp.ndarray, size: int) -> jnp.ndarray:
+  """Bilinear resize of (B, H, W, C) to (B, size, size, C), half-pixel centres and no
+  anti-aliasing, as PyTorch's `interpolate(mode='bilinear', align_corners=False)`."""
+  if x.shape[1:3] == (size, size):
+    return x
+  return jax.image.resize(x, (x.shape[0], size, size, x.shape[3]), "bilinear",
+                          antialias=False)
+
+
+class FeatureExtractor(nn.Module):
+  """c(·) (App. B, C.2): deep features of x_avg at full resolution.
+
+  `base`: three 3×3 convs 16 → 32 → 64, each followed by BN and ReLU; 64 channels out.
+  `L` / `XL` **[choice]** (the paper's App. C.2 text is garbled; this reading gives Table 5
+  within 0.03 M parameters and 0.02 G MACs): a 3×3 conv to 16 channels, then 2 / 4
+  cascaded pre-activation basic blocks of `width` channels (the backbone's stage-1 width,
+  160 for WRN-28-10) and BN-ReLU, i.e. a copy of the WRN stem and first stage.
+  """
+  variant: str = "base"
+  width: int = 64
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    if self.variant == "base":
+      for i, width in enumerate((16, 32, 64)):
+        x = Conv3x3(width, dtype=self.dtype, name=f"conv{i}")(x)
+        x = nn.relu(batch_norm(train, self.dtype, name=f"bn{i}")(x))
+      return x
+    x = Conv3x3(16, dtype=self.dtype, name="conv0")(x)
+    for i in range({"L": 2, "XL": 4}[self.variant]):
+      x = PreActBlock(self.width, 1, self.dtype, name=f"block{i}")(x, train)
+    return nn.relu(batch_norm(train, self.dtype, name="final_bn")(x))
+
+
+class SiRIIB(nn.Module):
+  """The SiRIIB plug-in (paper §4.2, Fig. 3; SPEC §2).
+
+  `x_avg = mean_s upsample(sigmoid(SR_s(resize(x, s))))` over `scales` (an independent
+  SR block per scale, bilinear resizing), then `f_i = p_i(c(x_avg))` for the first
+  `num_skips` skip targets: `p_i` is a 3×3 conv (with bias) from c(·)'s channels to the
+  target's channels at full resolution, average-pooled by the target's stride.
+
+  Args of `__call__`:
+    x: raw images (B, H, W, 3) in [0, 1], H = W.
+    targets: the backbone's skip targets.
+  Returns:
+    x_avg (B, H, W, 3) in (0, 1), and the tuple of `f_i`, each (B, H/stride, W/stride,
+    channels) for its target.
+  """
+  scales: Sequence[int] = (32, 24, 16, 8)
+  num_skips: int = 3
+  variant: str = "base"
+  orth_channels: int = 12
+  fft_eps: float = 1e-8
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, targets: Sequence[SkipTarget], train: bool = False):
+    size = x.shape[1]
+    maps = []
+    for i, scale in enumerate(self.scales):
+      sr = SRBlock(self.orth_channels, self.fft_eps, self.dtype, name=f"sr{i}")
+      out = nn.sigmoid(sr(resize_bilinear(x, scale), train).astype(jnp.float32))
+      maps.append(resize_bilinear(out, size))
+    x_avg = sum(maps) / len(maps)
+    h = FeatureExtractor(self.variant, targets[1].channels, self.dtype,
+                         name="extractor")(x_avg, train)
+    features = []
+    for i, target in enumerate(targets[:self.num_skips]):
+      f = nn.Conv(target.channels, (3, 3), padding=((1, 1), (1, 1)), kernel_init=conv_init,
+                  dtype=self.dtype, name=f"projection{i}")(h)
+      if target.stride > 1:
+        f = nn.avg_pool(f, (target.stride,) * 2, strides=(target.stride,) * 2)
+      features.append(f)
+    return x_avg, tuple(features)
