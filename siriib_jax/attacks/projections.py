@@ -9,6 +9,16 @@ def _per_example_l2(v: jnp.ndarray) -> jnp.ndarray:
   return jnp.sqrt(jnp.sum(v * v, axis=tuple(range(1, v.ndim)), keepdims=True))
 
 
+def per_example_norm(v: jnp.ndarray, norm: str) -> jnp.ndarray:
+  """(B,) L∞ or L2 norm of each example of `v` (B, ...)."""
+  flat = v.reshape(v.shape[0], -1)
+  if norm == "linf":
+    return jnp.max(jnp.abs(flat), axis=1)
+  if norm == "l2":
+    return jnp.sqrt(jnp.sum(flat * flat, axis=1))
+  raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+
+
 def project(x_adv: jnp.ndarray, x: jnp.ndarray, eps: float, norm: str) -> jnp.ndarray:
   """Projects `x_adv` onto {x' : ‖x' − x‖ ≤ eps} and then clips to [0, 1].
 
