@@ -6,12 +6,8 @@ margin), and DLR / targeted DLR (Croce & Hein 2020, eqs. 5 and 7).
 
 import jax
 import jax.numpy as jnp
-import optax
 
-
-def cross_entropy(logits: jnp.ndarray, y: jnp.ndarray) -> jnp.ndarray:
-  """(B,) softmax cross-entropy."""
-  return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), y)
+from siriib_jax.losses import cross_entropy  # pylint: disable=unused-import  (re-exported)
 
 
 def _true_and_best_other(logits: jnp.ndarray, y: jnp.ndarray):

@@ -1,0 +1,95 @@
+"""Training losses: the strategies' own losses and the SiRIIB terms (paper §4.2, SPEC §3).
+
+    L = L_ori + λ1 (L_svd + L_info) + λ2 R_τ
+
+Everything is per example (B,) where a batch is involved, so strategies can weight or mask
+examples; `d` is the mean squared error **[choice]** (the paper writes ‖·‖₂; at the MSE
+scale λ1 = 20 is the best value of Table 2).
+"""
+
+from typing import NamedTuple, Sequence
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+
+from siriib_jax.svd import svd_parts
+
+
+def _per_example_mse(a: jnp.ndarray, b: jnp.ndarray) -> jnp.ndarray:
+  diff = (a - b).astype(jnp.float32)
+  return jnp.mean(diff * diff, axis=tuple(range(1, diff.ndim)))
+
+
+def cross_entropy(logits: jnp.ndarray, labels: jnp.ndarray) -> jnp.ndarray:
+  """(B,) softmax cross-entropy of logits (B, K) against integer labels (B,)."""
+  return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
+
+
+def trades_kl(logits_adv: jnp.ndarray, logits_clean: jnp.ndarray) -> jnp.ndarray:
+  """(B,) `KL(p_clean ‖ p_adv)` summed over classes: TRADES' robust term (Zhang et al. 2019,
+  eq. 5), which PyTorch writes as `KLDivLoss(log_softmax(adv), softmax(clean))`."""
+  log_p_clean = jax.nn.log_softmax(logits_clean.astype(jnp.float32))
+  log_p_adv = jax.nn.log_softmax(logits_adv.astype(jnp.float32))
+  return jnp.sum(jnp.exp(log_p_clean) * (log_p_clean - log_p_adv), axis=-1)
+
+
+def svd_loss(x_avg: jnp.ndarray, x_clean: jnp.ndarray, eps: float = 1e-6) -> jnp.ndarray:
+  """(B,) `L_svd = d(Σ_avg, Σ) + d(U_avg V_avgᵀ, U Vᵀ) + d(x_avg, x_clean)`.
+
+  Args:
+    x_avg: (B, H, W, 3), SiRIIB's output for the adversarial input.
+    x_clean: (B, H, W, 3), the clean images `U Σ Vᵀ` (per channel).
+    eps: gradient regularisation of the orthogonal factor (`svd.svd_parts`).
+  """
+  sigma_avg, uv_avg = svd_parts(x_avg, eps)
+  sigma, uv = svd_parts(x_clean, eps)
+  return (_per_example_mse(sigma_avg, sigma) + _per_example_mse(uv_avg, uv) +
+          _per_example_mse(x_avg, x_clean))
+
+
+def info_loss(features_adv: Sequence[jnp.ndarray],
+              features_clean: Sequence[jnp.ndarray]) -> jnp.ndarray:
+  """(B,) `L_info = Σ_i d(f_i(x_adv), f_i(x_clean))`; gradients flow through both sides."""
+  return sum(_per_example_mse(a, c) for a, c in zip(features_adv, features_clean, strict=True))
+
+
+def orthogonality_penalty(params) -> jnp.ndarray:
+  """`R_τ = Σ_blocks ‖W Wᵀ − I‖²_F` over every SR block's 1×1 `orthogonal` kernel, read as
+  the (in_channels × orth_channels) matrix W (SPEC §1.1). Scalar; 0 without SiRIIB."""
+  total = jnp.zeros((), jnp.float32)
+  for path, kernel in flax.traverse_util.flatten_dict(params).items():
+    if path[-2:] == ("orthogonal", "kernel"):
+      w = kernel.reshape(-1, kernel.shape[-1]).astype(jnp.float32)
+      gram = w @ w.T
+      total = total + jnp.sum((gram - jnp.eye(gram.shape[0])) ** 2)
+  return total
+
+
+class SiriibTerms(NamedTuple):
+  """The SiRIIB regularisers of one batch: `svd` and `info` are (B,), `orth` a scalar."""
+  svd: jnp.ndarray
+  info: jnp.ndarray
+  orth: jnp.ndarray
+
+
+def siriib_terms(params, x_clean, x_avg_adv, features_adv, features_clean,
+                 svd_eps: float = 1e-6) -> SiriibTerms:
+  """`L_svd`, `L_info` and `R_τ` for a batch (paper §4.2).
+
+  Args:
+    params: the model's parameters (for `R_τ`).
+    x_clean: (B, H, W, 3) clean images.
+    x_avg_adv: (B, H, W, 3) SiRIIB's x_avg computed from the adversarial images.
+    features_adv, features_clean: the `f_i` from the adversarial and the clean images.
+  """
+  return SiriibTerms(svd_loss(x_avg_adv, x_clean, svd_eps),
+                     info_loss(features_adv, features_clean), orthogonality_penalty(params))
+
+
+def siriib_objective(loss_ori: jnp.ndarray, terms: SiriibTerms, lambda1: float,
+                     lambda2: float) -> jnp.ndarray:
+  """Scalar `L = mean(L_ori) + λ1 mean(L_svd + L_info) + λ2 R_τ` (paper §4.2)."""
+  return (jnp.mean(loss_ori) + lambda1 * jnp.mean(terms.svd + terms.info) +
+          lambda2 * terms.orth)

@@ -1,0 +1,116 @@
+"""Model family invariants: x_avg, the IB skips, jit, registry errors (SPEC §2)."""
+
+import chex
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from siriib_jax.config_errors import ConfigError
+from siriib_jax.models import BACKBONES, create_model
+
+
+def _init(model, size, batch=2, seed=0):
+  x = jax.random.uniform(jax.random.key(seed), (batch, size, size, 3))
+  return x, model.init(jax.random.key(1), x)
+
+
+@pytest.mark.parametrize("size,scales", [(32, (32, 24, 16, 8)), (64, (64, 48, 24, 16))])
+def test_x_avg_lies_in_the_open_unit_interval_with_the_input_shape(config, size, scales):
+  config.model.siriib.scales = scales
+  model = create_model(config.model, size)
+  x, variables = _init(model, size)
+  out = model.apply(variables, x)
+  chex.assert_shape(out.x_avg, x.shape)
+  assert float(out.x_avg.min()) > 0.0 and float(out.x_avg.max()) < 1.0
+  assert out.logits.shape == (2, 10)
+
+
+@pytest.mark.parametrize("name", sorted(BACKBONES))
+def test_zero_projections_give_the_plain_backbone_logits(config, name):
+  size = 16
+  config.model.name = name
+  config.model.siriib.scales = (16, 8)
+  with_siriib = create_model(config.model, size)
+  config.model.siriib.enabled = False
+  plain = create_model(config.model, size)
+  x, variables = _init(with_siriib, size, seed=3)
+
+  params = flax.core.unfreeze(variables["params"])
+  plain_variables = {"params": {"backbone": params["backbone"]},
+                     "batch_stats": {"backbone": variables["batch_stats"]["backbone"]}}
+  # With the random p_i the skips change the logits...
+  out = with_siriib.apply(variables, x)
+  reference = plain.apply(plain_variables, x).logits
+  assert not np.allclose(out.logits, reference, atol=1e-4)
+  # ...and with p_i = 0 they are the plain backbone's, in eval and in train mode.
+  for i in range(3):
+    projection = params["siriib"][f"projection{i}"]
+    params["siriib"][f"projection{i}"] = jax.tree.map(jnp.zeros_like, projection)
+  zeroed = {"params": params, "batch_stats": variables["batch_stats"]}
+  np.testing.assert_allclose(with_siriib.apply(zeroed, x).logits, reference, atol=1e-5)
+  train_out, _ = with_siriib.apply(zeroed, x, train=True, mutable=["batch_stats"])
+  train_ref, _ = plain.apply(plain_variables, x, train=True, mutable=["batch_stats"])
+  np.testing.assert_allclose(train_out.logits, train_ref.logits, atol=1e-5)
+
+
+@pytest.mark.parametrize("num_skips", [1, 2, 3])
+def test_features_follow_the_skip_targets(config, num_skips):
+  config.model.siriib.num_skips = num_skips
+  model = create_model(config.model, 32)
+  x, variables = _init(model, 32)
+  features = model.apply(variables, x).features
+  expected = [(2, 32, 32, 64), (2, 32, 32, 64), (2, 16, 16, 128)][:num_skips]
+  assert [f.shape for f in features] == expected
+
+
+def test_jit_matches_eager_and_does_not_retrace(config):
+  config.model.siriib.scales = (16, 8)
+  model = create_model(config.model, 16)
+  x, variables = _init(model, 16)
+
+  @jax.jit
+  @chex.assert_max_traces(n=1)
+  def forward(variables, x):
+    return model.apply(variables, x)
+
+  eager = model.apply(variables, x)
+  jitted = forward(variables, x)
+  chex.assert_trees_all_close(jitted, eager, atol=1e-5)
+  forward(variables, x + 0.1)  # Same shapes: no retrace, or assert_max_traces raises.
+  with pytest.raises(AssertionError):
+    forward(variables, x[:1])  # A new shape retraces, which the guard reports.
+
+
+def test_half_precision_keeps_float32_parameters(config):
+  config.model.siriib.scales = (16, 8)
+  model = create_model(config.model, 16, dtype=jnp.bfloat16)
+  x, variables = _init(model, 16)
+  assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(variables["params"]))
+  out = model.apply(variables, x)
+  assert out.logits.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(out.logits)))
+
+
+@pytest.mark.parametrize("key,value,fragment", [
+    ("name", "resnet50", "must be one of"),
+    ("siriib.num_skips", 4, "1, 2 or 3"),
+    ("siriib.num_skips", 0, "1, 2 or 3"),
+    ("siriib.scales", (32, 40, 16, 8), "[1, 32]"),
+    ("siriib.variant", "XXL", "must be one of"),
+    ("siriib.orth_channels", 2, "≥ 3"),
+    ("mean", (0.5, 0.5, 0.5, 0.5), "3 values"),
+    ("std", (0.2, 0.2), "3 values"),
+    ("std", (0.2, 0.0, 0.2), "> 0"),
+    ("num_classes", 1, "≥ 2"),
+])
+def test_bad_model_config_raises_one_clear_error(config, key, value, fragment):
+  block = config.model
+  *parents, leaf = key.split(".")
+  for parent in parents:
+    block = block[parent]
+  block[leaf] = value
+  with pytest.raises(ConfigError) as error:
+    create_model(config.model, 32)
+  message = str(error.value)
+  assert f"config.model.{key}" in message and fragment in message and repr(value) in message
