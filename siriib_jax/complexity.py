@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from configs import default as default_config
 from siriib_jax.models import create_model
 
 
@@ -59,3 +60,24 @@ def describe(config: ml_collections.ConfigDict) -> str:
   name = config.model.name + (f"-SR({siriib.variant})" if siriib.enabled else "")
   return (f"{name:<24} {counts.params / 1e6:8.2f} M params  {counts.macs / 1e9:6.2f} G MACs "
           f"({counts.params:,} params, {counts.macs:,} MACs, {config.dataset.image_size}² input)")
+
+
+# The rows of the paper's Tables 3 and 5 (SPEC §6): backbone and SiRIIB variant (None: off).
+PAPER_ROWS = (("resnet18", None), ("resnet18", "base"), ("wrn28_10", None),
+              ("wrn28_10", "base"), ("wrn28_10", "L"), ("wrn28_10", "XL"))
+
+
+def paper_table() -> str:
+  """The lines of `describe` for every row of Tables 3 and 5 (CIFAR, 10 classes, 32²)."""
+  lines = []
+  for name, variant in PAPER_ROWS:
+    config = default_config.get_config()
+    config.model.name = name
+    config.model.siriib.enabled = variant is not None
+    config.model.siriib.variant = variant or "base"
+    lines.append(describe(config))
+  return "\n".join(lines)
+
+
+if __name__ == "__main__":
+  print(paper_table())
