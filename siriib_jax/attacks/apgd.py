@@ -1,0 +1,188 @@
+"""Auto-PGD: APGD-CE, APGD-DLR and APGD-T (Croce & Hein 2020, "Reliable evaluation of
+adversarial robustness with an ensemble of diverse parameter-free attacks", ICML, §3,
+Algorithm 1), under L∞ and L2.
+
+From a random point x⁽⁰⁾ of the ε-ball ∩ [0, 1], with step η⁽⁰⁾ = 2ε and α = 0.75:
+
+    z⁽ᵏ⁺¹⁾ = Π(x⁽ᵏ⁾ + η⁽ᵏ⁾ s(∇f(x⁽ᵏ⁾)))
+    x⁽ᵏ⁺¹⁾ = Π(x⁽ᵏ⁾ + α (z⁽ᵏ⁺¹⁾ − x⁽ᵏ⁾) + (1 − α)(x⁽ᵏ⁾ − x⁽ᵏ⁻¹⁾))     (α = 1 at k = 0)
+
+with s the sign (L∞) or the L2-normalised gradient. At the checkpoints w_j = ⌈p_j N⌉,
+p_0 = 0, p_1 = 0.22, p_{j+1} = p_j + max(p_j − p_{j−1} − 0.03, 0.06) (§3.2), the step is
+halved, per example, if
+  1. fewer than ρ (w_j − w_{j−1}) of the steps since w_{j−1} increased f (ρ = 0.75), or
+  2. η was not halved at w_{j−1} and the best loss has not increased since then;
+and a halved example restarts from its best point x_max (with zero momentum; the reference
+implementation keeps the old momentum term). Every quantity is per example.
+
+Returned per example: the first successful iterate if there is one, else the point of
+highest loss. `restarts` runs from fresh random points keep the worst case
+(`gradients.worst_case`). With `eot_samples > 0` the model is stochastic, `logits_fn(x, key)`,
+and loss, gradient and logits are EOT averages (`gradients.bind_objective`); success then
+means the averaged logits misclassify.
+"""
+
+from typing import List, Union
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from siriib_jax.attacks.base import Attack, AttackResult
+from siriib_jax.attacks.gradients import (Candidate, Loss, bind_objective, loop_unroll,
+                                          random_start, value_logits_and_grad,
+                                          worst_of_runs)
+from siriib_jax.attacks.objectives import cross_entropy, dlr_targeted
+from siriib_jax.attacks.projections import NORMS, normalized_step, project
+
+
+def checkpoints(steps: int) -> List[int]:
+  """The iterations w_j = ⌈p_j · steps⌉ ≤ steps (j ≥ 1) after which the step size is checked.
+
+  p_j is kept in hundredths so that the schedule is exact: for 100 steps,
+  [22, 41, 57, 70, 80, 87, 93, 99]; for 10, [3, 5, 6, 7, 8, 9, 10].
+  """
+  result, previous, current = [], 0, 22
+  while -(-current * steps // 100) <= steps:
+    w = -(-current * steps // 100)
+    if not result or w > result[-1]:  # For small `steps` two p_j can round alike.
+      result.append(w)
+    previous, current = current, current + max(current - previous - 3, 6)
+  return result
+
+
+def _run(objective, x, y, key, *, eps, norm, steps, rho, momentum, unroll) -> Candidate:
+  """One APGD run (Algorithm 1) from a random start; `objective` as in `gradients`."""
+  check = np.zeros(steps, bool)
+  interval = np.ones(steps, np.float32)
+  previous = 0
+  for w in checkpoints(steps):
+    check[w - 1], interval[w - 1], previous = True, w - previous, w
+  check, interval = jnp.asarray(check), jnp.asarray(interval)
+
+  key_start, key_eot = jax.random.split(key)
+  expand = lambda v: v.reshape((-1,) + (1,) * (x.ndim - 1))
+  x0 = random_start(key_start, x, eps, norm)
+  loss0, logits0, grad0 = value_logits_and_grad(objective, x0, jax.random.fold_in(key_eot, steps))
+  success0 = jnp.argmax(logits0, axis=-1) != y
+  state = dict(
+      x=x0, x_prev=x0, loss=loss0, grad=grad0,
+      x_best=x0, loss_best=loss0, grad_best=grad0,
+      x_success=x0, success=success0,
+      eta=jnp.full(y.shape, 2.0 * eps, x.dtype),
+      increases=jnp.zeros(y.shape, jnp.float32),
+      loss_best_at_check=loss0, halved_at_check=jnp.zeros(y.shape, bool))
+
+  def step(i, s):
+    a = jnp.where(i == 0, 1.0, momentum).astype(x.dtype)
+    z = project(s["x"] + expand(s["eta"]) * normalized_step(s["grad"], norm), x, eps, norm)
+    x_new = project(s["x"] + a * (z - s["x"]) + (1 - a) * (s["x"] - s["x_prev"]), x, eps,
+                    norm)
+    loss, logits, grad = value_logits_and_grad(objective, x_new,
+                                               jax.random.fold_in(key_eot, i))
+    newly = (jnp.argmax(logits, axis=-1) != y) & ~s["success"]
+    improved = loss > s["loss_best"]
+    where = lambda c, u, v: jnp.where(expand(c) if u.ndim > 1 else c, u, v)
+    s = dict(s,
+             x_success=where(newly, x_new, s["x_success"]), success=s["success"] | newly,
+             x_best=where(improved, x_new, s["x_best"]),
+             loss_best=jnp.where(improved, loss, s["loss_best"]),
+             grad_best=where(improved, grad, s["grad_best"]),
+             increases=s["increases"] + (loss > s["loss"]))
+    # Step-size check (§3.2); `halve` is False away from the checkpoints.
+    halve = check[i] & ((s["increases"] < rho * interval[i]) |
+                        (~s["halved_at_check"] & (s["loss_best"] <= s["loss_best_at_check"])))
+    return dict(s,
+                x=where(halve, s["x_best"], x_new),
+                x_prev=where(halve, s["x_best"], s["x"]),
+                loss=jnp.where(halve, s["loss_best"], loss),
+                grad=where(halve, s["grad_best"], grad),
+                eta=jnp.where(halve, s["eta"] / 2, s["eta"]),
+                increases=jnp.where(check[i], 0.0, s["increases"]),
+                loss_best_at_check=jnp.where(check[i], s["loss_best"], s["loss_best_at_check"]),
+                halved_at_check=jnp.where(check[i], halve, s["halved_at_check"]))
+
+  s = jax.lax.fori_loop(0, steps, step, state, unroll=loop_unroll(unroll, steps))
+  x_adv = jnp.where(expand(s["success"]), s["x_success"], s["x_best"])
+  return Candidate(x_adv, s["success"], s["loss_best"])
+
+
+def _check(norm, steps, restarts):
+  if norm not in NORMS:
+    raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+  if steps < 1 or restarts < 1:
+    raise ValueError(f"steps and restarts must be ≥ 1, got {steps} and {restarts}")
+
+
+def apgd(eps: float,
+         norm: str = "linf",
+         steps: int = 100,
+         loss: Loss = cross_entropy,
+         restarts: int = 1,
+         eot_samples: int = 0,
+         rho: float = 0.75,
+         momentum: float = 0.75,
+         unroll: Union[None, bool, int] = None) -> Attack:
+  """Untargeted APGD: APGD-CE with the default loss, APGD-DLR with `objectives.dlr`.
+
+  Args:
+    eps: radius of the `norm` ball.
+    norm: 'linf' or 'l2'.
+    steps: N, iterations per run (100 in the paper).
+    loss: maximised; `(logits, y) -> (B,)` or a `gradients.ImageLoss`.
+    restarts: runs from independent random starts; the per-example worst case is kept.
+    eot_samples: 0 for a deterministic `logits_fn(x)`; else `logits_fn(x, key)` and EOT
+      averages over that many draws per iteration.
+    rho: ρ of halving condition 1.
+    momentum: α.
+    unroll: `lax.fori_loop`'s `unroll`; None: `gradients.loop_unroll`.
+
+  Returns:
+    An `Attack`: `(logits_fn, x (B, H, W, C), y (B,), key) -> AttackResult`.
+  """
+  _check(norm, steps, restarts)
+  options = dict(eps=eps, norm=norm, steps=steps, rho=rho, momentum=momentum, unroll=unroll)
+
+  def attack(logits_fn, x, y, key):
+    objective = bind_objective(logits_fn, loss, y, eot_samples)
+    worst = worst_of_runs(lambda _, k: _run(objective, x, y, k, **options), key, restarts)
+    return AttackResult(worst.x_adv, worst.success)
+
+  return attack
+
+
+def apgd_targeted(eps: float,
+                  norm: str = "linf",
+                  steps: int = 100,
+                  n_target_classes: int = 9,
+                  restarts: int = 1,
+                  eot_samples: int = 0,
+                  rho: float = 0.75,
+                  momentum: float = 0.75,
+                  unroll: Union[None, bool, int] = None) -> Attack:
+  """APGD-T: APGD on the targeted DLR loss (eq. 7), once per target class.
+
+  The targets are the classes ranked 2 … `n_target_classes` + 1 by the clean logits
+  (capped at K − 1); every target gets `restarts` runs and the per-example worst case over
+  all of them is kept. A success is any misclassification. Needs K ≥ 4 classes (DLR).
+  Other arguments as for `apgd`.
+  """
+  _check(norm, steps, restarts)
+  options = dict(eps=eps, norm=norm, steps=steps, rho=rho, momentum=momentum, unroll=unroll)
+
+  def attack(logits_fn, x, y, key):
+    key_clean, key = jax.random.split(key)
+    clean = bind_objective(logits_fn, cross_entropy, y, eot_samples)
+    _, logits = clean(x, key_clean)
+    n_targets = min(n_target_classes, logits.shape[-1] - 1)
+    ranked = jnp.argsort(logits, axis=-1)[:, ::-1]  # (B, K), most likely first.
+
+    def run(r, key):
+      target = ranked[:, 1 + r // restarts]
+      loss = lambda z, labels: dlr_targeted(z, labels, target)
+      return _run(bind_objective(logits_fn, loss, y, eot_samples), x, y, key, **options)
+
+    worst = worst_of_runs(run, key, n_targets * restarts)
+    return AttackResult(worst.x_adv, worst.success)
+
+  return attack

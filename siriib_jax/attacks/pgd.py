@@ -1,0 +1,91 @@
+"""FGSM and PGD under L∞ and L2.
+
+PGD (Madry et al. 2018, eq. 2): from a random point of the ε-ball (or from x),
+`x ← Π(x + α · s(∇ₓ L))` for `steps` iterations, with `s` the sign (L∞) or the
+L2-normalised gradient (L2) and Π the projection onto the ε-ball ∩ [0, 1]. The final
+iterate is returned. FGSM (Goodfellow et al. 2015) is one such step of size ε; FGSM-AT
+(Wong et al. 2020, "Fast is better than free", Alg. 3) takes it from a random start with
+α = 1.25 ε.
+
+The loss is a logit loss `(logits, y) -> (B,)` or a `gradients.ImageLoss` on the images
+too (adaptive attacks); see `siriib_jax.attacks.gradients`. Both factories return a pure
+`Attack`, safe to call inside `jit` (e.g. in the inner loop of adversarial training).
+"""
+
+from typing import Optional, Union
+
+import jax
+import jax.numpy as jnp
+
+from siriib_jax.attacks.base import Attack, AttackResult
+from siriib_jax.attacks.gradients import (Candidate, Loss, bind_objective, loop_unroll,
+                                          random_start as sample_start,
+                                          value_logits_and_grad, worst_of_runs)
+from siriib_jax.attacks.objectives import cross_entropy
+from siriib_jax.attacks.projections import NORMS, normalized_step, project
+
+
+def pgd(eps: float,
+        step_size: float,
+        steps: int,
+        norm: str = "linf",
+        loss: Loss = cross_entropy,
+        random_start: bool = True,
+        restarts: int = 1,
+        unroll: Union[None, bool, int] = None) -> Attack:
+  """Projected gradient ascent on `loss` in the `norm` ε-ball ∩ [0, 1].
+
+  Args:
+    eps: radius of the ball (in [0, 1] pixel units).
+    step_size: α, the step length in `norm`.
+    steps: number of gradient steps.
+    norm: 'linf' or 'l2'.
+    loss: maximised; `(logits, y) -> (B,)` or an `ImageLoss`.
+    random_start: start from a uniform point of the ball (else from x).
+    restarts: independent runs; per example the worst case is kept: a success in any run
+      counts, and among failures the point of highest loss.
+    unroll: `lax.fori_loop`'s `unroll` for the step loop; None: `gradients.loop_unroll`.
+
+  Returns:
+    An `Attack`: `(logits_fn, x (B, H, W, C), y (B,), key) -> AttackResult`, success being
+    `argmax logits_fn(x_adv) ≠ y` at the returned point.
+  """
+  if norm not in NORMS:
+    raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+  if steps < 1 or restarts < 1:
+    raise ValueError(f"steps and restarts must be ≥ 1, got {steps} and {restarts}")
+
+  def attack(logits_fn, x, y, key):
+    objective = bind_objective(logits_fn, loss, y)
+
+    def run(_, key):
+      def step(_, x_adv):
+        _, _, grad = value_logits_and_grad(objective, x_adv, None)
+        return project(x_adv + step_size * normalized_step(grad, norm), x, eps, norm)
+      x_adv = sample_start(key, x, eps, norm) if random_start else x
+      x_adv = jax.lax.fori_loop(0, steps, step, x_adv, unroll=loop_unroll(unroll, steps))
+      value, logits = objective(x_adv, None)
+      return Candidate(x_adv, jnp.argmax(logits, axis=-1) != y, value)
+
+    worst = worst_of_runs(run, key, restarts)
+    return AttackResult(worst.x_adv, worst.success)
+
+  return attack
+
+
+def fgsm(eps: float,
+         norm: str = "linf",
+         step_size: Optional[float] = None,
+         random_start: bool = False,
+         loss: Loss = cross_entropy) -> Attack:
+  """One signed (L∞) or normalised (L2) gradient step, projected: PGD with `steps=1`.
+
+  Args:
+    eps: radius of the ball.
+    norm: 'linf' or 'l2'.
+    step_size: defaults to `eps`; FGSM-AT uses `1.25 * eps` with `random_start=True`.
+    random_start: step from a uniform point of the ball rather than from x.
+    loss: as for `pgd`.
+  """
+  return pgd(eps, eps if step_size is None else step_size, steps=1, norm=norm, loss=loss,
+             random_start=random_start)
