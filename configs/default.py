@@ -9,13 +9,34 @@ import ml_collections
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
 
+  # Data (siriib_jax/data, docs/data.md); checked by `validate_dataset_config`.
   config.dataset = ml_collections.ConfigDict()
+  # cifar10 | cifar100 | tiny_imagenet | cifar10_sample (embedded, offline) |
+  # npz ({data_dir}/train.npz, test.npz) | cifar10_corrupted (evaluation only).
   config.dataset.name = "cifar10"
-  config.dataset.image_size = 32
+  # TFDS data directory with the dataset prepared as ArrayRecord ("" = TFDS's default,
+  # ~/tensorflow_datasets); for name=npz, the folder with the .npz files.
+  config.dataset.data_dir = ""
+  config.dataset.image_size = 32  # Must match the dataset: 32 (CIFAR), 64 (Tiny-ImageNet).
+  config.dataset.num_classes = 10  # Must match the dataset and config.model.num_classes.
+  # Training examples held out (stratified) for best-checkpoint selection; 0 = none.
+  config.dataset.validation_size = 1000
+  config.dataset.validation_seed = 0  # Fixes which examples are held out.
+  # Extra training data (e.g. generated images): an .npz with image (uint8 NHWC) and
+  # label; "" = none. Never used for validation or test.
+  config.dataset.extra_npz = ""
+  # Share of each training batch drawn from extra_npz, in [0, 1); 0 = concatenate
+  # extra_npz to the training set (each example equally likely).
+  config.dataset.extra_fraction = 0.0
+  # For name=cifar10_corrupted: the TFDS corruption type and severity (1-5).
+  config.dataset.corruption = "gaussian_noise"
+  config.dataset.severity = 5
 
   config.model = ml_collections.ConfigDict()
   config.model.name = "resnet18"
   config.model.num_classes = 10
+  # Scales every backbone channel count (1 = the paper's networks; SiRIIB's c(·) is fixed).
+  config.model.width_multiplier = 1.0
   # Per-channel normalisation, applied inside the model (CIFAR-10 training statistics).
   config.model.mean = (0.4914, 0.4822, 0.4465)
   config.model.std = (0.2471, 0.2435, 0.2616)
@@ -32,5 +53,47 @@ def get_config() -> ml_collections.ConfigDict:
   config.loss.lambda1 = 20.0
   config.loss.lambda2 = 1e-4
   config.loss.svd_eps = 1e-6
+
+  # Adversarial training (paper §5.1, SPEC §4).
+  config.strategy = "pgd_at"  # pgd_at | trades | awp_pgd_at | awp_trades | te | fgsm_at
+  config.trades_beta = 6.0
+  config.awp_gamma = 5e-3
+  config.te_alpha = 0.9  # Momentum of the per-example prediction ensemble.
+  config.te_weight = 300.0
+  config.te_rampup_epochs = 0  # Epochs over which the TE weight ramps in; 0 = half of training.
+  # The inner maximisation: L∞, ε = 8/255, α = 2/255, 10 steps, random start.
+  config.attack = ml_collections.ConfigDict()
+  config.attack.eps = 8 / 255
+  config.attack.step_size = 2 / 255
+  config.attack.steps = 10
+  # BatchNorm during the attack: "train" uses the batch's statistics, "eval" the running
+  # ones; either way the attack never updates the running statistics.
+  config.attack.batch_norm = "train"
+  # Loop form of the attack's steps: True unrolls (fastest for convolutions on XLA:CPU),
+  # False keeps a rolled fori_loop (faster compile), an int unrolls that many.
+  config.attack.unroll = True
+
+  config.seed = 0
+  config.num_epochs = 200
+  config.batch_size = 128  # Global batch, split over all devices.
+  config.optimizer = ml_collections.ConfigDict()
+  config.optimizer.learning_rate = 0.1
+  config.optimizer.momentum = 0.9
+  config.optimizer.weight_decay = 5e-4
+  config.optimizer.decay_epochs = (100, 150)  # The learning rate is multiplied by
+  config.optimizer.decay_factor = 0.1  # decay_factor at each of these epochs.
+  config.half_precision = False  # bf16 compute, float32 parameters (for GPU and TPU).
+
+  # Validation (clean and PGD-20 on dataset.validation_size held-out training examples).
+  config.eval_every_epochs = 1
+  config.eval_pgd_steps = 20
+  config.log_every_steps = 50
+  config.checkpoint_every_steps = 0  # 0: at the end of each epoch only.
+  config.keep_checkpoints = 3  # The last few; the best by validation PGD-20 is kept apart.
+  # Stop after this many steps (for tests and smoke runs); -1 = num_epochs.
+  config.max_steps = -1
+
+  # Final robustness evaluation after training (siriib_jax/evaluate); 0 = skip.
+  config.final_eval_size = 0
 
   return config

@@ -66,6 +66,9 @@ def validate_model_config(config: ml_collections.ConfigDict, image_size: int) ->
   check_choice("model.name", config.name, BACKBONES)
   if not isinstance(config.num_classes, int) or config.num_classes < 2:
     fail("model.num_classes", config.num_classes, "it must be an integer ≥ 2")
+  if not config.width_multiplier > 0:
+    fail("model.width_multiplier", config.width_multiplier,
+         "it must be > 0 (1 is the paper's width)")
   for key in ("mean", "std"):
     value = tuple(config[key])
     if len(value) != 3:
@@ -94,7 +97,8 @@ def create_model(config: ml_collections.ConfigDict, image_size: int,
   """Builds the classifier that `config` (the `model` block) names; `dtype` is the compute
   dtype (parameters stay float32)."""
   validate_model_config(config, image_size)
-  backbone = BACKBONES[config.name](num_classes=config.num_classes, dtype=dtype)
+  backbone = BACKBONES[config.name](num_classes=config.num_classes,
+                                    width_multiplier=config.width_multiplier, dtype=dtype)
   siriib = None
   if config.siriib.enabled:
     for target in backbone.skip_targets:

@@ -1,7 +1,8 @@
 """CIFAR ResNet-18 and PreAct-ResNet-18 (He et al. 2016a, 2016b).
 
 The CIFAR variant: a 3×3 stride-1 stem without max-pool, four stages of two basic blocks
-(64, 128, 256, 512 channels; strides 1, 2, 2, 2), global average pooling and a dense head.
+(64, 128, 256, 512 channels, times `width_multiplier`; strides 1, 2, 2, 2), global
+average pooling and a dense head.
 With 10 classes ResNet-18 has 11,173,962 parameters and 0.56 G MACs at 32×32 (Table 3).
 """
 
@@ -64,21 +65,27 @@ class ResNet18(nn.Module):
   """
   num_classes: int = 10
   preact: bool = False
+  width_multiplier: float = 1.0
   dtype: jnp.dtype = jnp.float32
 
   @property
+  def widths(self) -> tuple[int, ...]:
+    return tuple(max(1, round(w * self.width_multiplier)) for w in STAGE_WIDTHS)
+
+  @property
   def skip_targets(self) -> tuple[SkipTarget, ...]:
-    return (SkipTarget(STAGE_WIDTHS[0], 1), SkipTarget(STAGE_WIDTHS[0], STAGE_STRIDES[0]),
-            SkipTarget(STAGE_WIDTHS[1], STAGE_STRIDES[0] * STAGE_STRIDES[1]))
+    w = self.widths
+    return (SkipTarget(w[0], 1), SkipTarget(w[0], STAGE_STRIDES[0]),
+            SkipTarget(w[1], STAGE_STRIDES[0] * STAGE_STRIDES[1]))
 
   @nn.compact
   def __call__(self, x, skips: Sequence[jnp.ndarray] = (), train: bool = False):
     block = PreActBlock if self.preact else BasicBlock
-    x = Conv3x3(STAGE_WIDTHS[0], dtype=self.dtype, name="stem_conv")(x.astype(self.dtype))
+    x = Conv3x3(self.widths[0], dtype=self.dtype, name="stem_conv")(x.astype(self.dtype))
     x = add_skip(x, skips, 0)
     if not self.preact:
       x = nn.relu(batch_norm(train, self.dtype, name="stem_bn")(x))
-    for stage, (width, stride) in enumerate(zip(STAGE_WIDTHS, STAGE_STRIDES)):
+    for stage, (width, stride) in enumerate(zip(self.widths, STAGE_STRIDES)):
       for i in range(2):
         x = block(width, stride if i == 0 else 1, self.dtype, name=f"stage{stage + 1}_block{i}")(
             x, train)

@@ -1,8 +1,8 @@
 """WideResNet-depth-width (Zagoruyko & Komodakis 2016), CIFAR layout.
 
 A 3×3 stem to 16 channels, three stages of (depth − 4) / 6 pre-activation basic blocks of
-16k, 32k and 64k channels (strides 1, 2, 2), BN-ReLU, global average pooling and a dense
-head. WRN-28-10 has 36,479,194 parameters and 5.25 G MACs at 32×32 with 10 classes.
+16k, 32k and 64k channels (times `width_multiplier`; strides 1, 2, 2), BN-ReLU, global
+average pooling and a dense head. WRN-28-10 has 36,479,194 parameters and 5.25 G MACs at 32×32 with 10 classes.
 """
 
 from typing import Sequence
@@ -24,12 +24,13 @@ class WideResNet(nn.Module):
   depth: int = 28
   widen_factor: int = 10
   num_classes: int = 10
+  width_multiplier: float = 1.0
   dtype: jnp.dtype = jnp.float32
 
   @property
   def widths(self) -> tuple[int, int, int]:
-    k = self.widen_factor
-    return (16 * k, 32 * k, 64 * k)
+    k = self.widen_factor * self.width_multiplier
+    return tuple(max(1, round(w * k)) for w in (16, 32, 64))
 
   @property
   def skip_targets(self) -> tuple[SkipTarget, ...]:

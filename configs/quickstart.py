@@ -1,0 +1,23 @@
+"""Quickstart: a small ResNet-18-SR (width × 1/8), PGD-AT on the CIFAR-10 sample embedded
+in the package — offline, about 10 minutes on a 2-core CPU — ending with a robustness
+table (clean, PGD-20, AutoAttack) on a stratified subset of its test images.
+
+    python main.py --config configs/quickstart.py --workdir /tmp/siriib_quickstart
+"""
+
+from configs import default
+
+
+def get_config():
+  config = default.get_config()
+  config.dataset.name = "cifar10_sample"
+  config.dataset.validation_size = 200
+  config.model.width_multiplier = 0.125
+  config.num_epochs = 8
+  config.batch_size = 64
+  config.optimizer.learning_rate = 0.05
+  config.optimizer.decay_epochs = (6,)
+  config.log_every_steps = 10
+  config.keep_checkpoints = 2
+  config.final_eval_size = 100
+  return config
