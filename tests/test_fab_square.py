@@ -1,0 +1,198 @@
+"""FAB-T and Square on a linear classifier, whose exact robustness is known in closed form.
+
+For logits = x·W + b and a wrong class j, the margin (w_y − w_j)·x' + b_y − b_j is separable
+per pixel, so its minimum over the L∞ ball ∩ [0, 1] puts each pixel at the end of
+[max(0, x − r), min(1, x + r)] that lowers it; a bisection on r gives the exact L∞ robust
+radius r*. For L2 without the box, r*_j = margin_j / ‖w_y − w_j‖₂; this lower-bounds the
+radius with the box and equals it when the minimiser x − margin_j (w_y − w_j) / ‖·‖² stays
+in [0, 1].
+"""
+
+import functools
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from siriib_jax.attacks.fab import fab_targeted
+from siriib_jax.attacks.projections import per_example_norm
+from siriib_jax.attacks.square import p_schedule, pseudo_gaussian_bump, side_schedule, square
+
+BATCH, HEIGHT, WIDTH, CHANNELS, CLASSES = 32, 8, 8, 3, 10
+SHAPE = (BATCH, HEIGHT, WIDTH, CHANNELS)
+KEY = jax.random.PRNGKey(0)
+_k_w, _k_b, _k_linf, _k_l2 = jax.random.split(jax.random.PRNGKey(42), 4)
+WEIGHTS = 0.1 * jax.random.normal(_k_w, (HEIGHT * WIDTH * CHANNELS, CLASSES))
+BIAS = 0.1 * jax.random.normal(_k_b, (CLASSES,))
+# L∞ data has many pixels at 0 or 1, where the box binds; L2 data stays inside [0.3, 0.7].
+X_LINF = jnp.clip(1.4 * jax.random.uniform(_k_linf, SHAPE) - 0.2, 0.0, 1.0)
+X_L2 = 0.3 + 0.4 * jax.random.uniform(_k_l2, SHAPE)
+
+
+def linear_logits(x):
+  return x.reshape(x.shape[0], -1) @ WEIGHTS + BIAS
+
+
+def _labels(x):
+  return jnp.argmax(linear_logits(x), axis=-1)
+
+
+def _weight_gaps(y):
+  """(B, K, d) w_y − w_j and (B, K) b_y − b_j."""
+  return WEIGHTS.T[y][:, None, :] - WEIGHTS.T[None], BIAS[y][:, None] - BIAS[None]
+
+
+def _worst_linf_margin(x, y, radius):
+  """(B,) min over j ≠ y and the L∞ ball of the given radii ∩ [0, 1] of z_y − z_j."""
+  r = radius[:, None, None, None]
+  low = jnp.clip(x - r, 0.0, 1.0).reshape(BATCH, 1, -1)
+  high = jnp.clip(x + r, 0.0, 1.0).reshape(BATCH, 1, -1)
+  gap_w, gap_b = _weight_gaps(y)
+  worst = jnp.sum(jnp.where(gap_w > 0, low, high) * gap_w, axis=-1) + gap_b
+  return jnp.min(jnp.where(jax.nn.one_hot(y, CLASSES, dtype=bool), jnp.inf, worst), axis=-1)
+
+
+@functools.cache
+def linf_radius():
+  """(B,) exact L∞ robust radius by bisection, to ~1e-9."""
+  y = _labels(X_LINF)
+  low, high = jnp.zeros(BATCH), jnp.ones(BATCH)
+  for _ in range(30):
+    mid = (low + high) / 2
+    robust = _worst_linf_margin(X_LINF, y, mid) > 0
+    low, high = jnp.where(robust, mid, low), jnp.where(robust, high, mid)
+  return np.asarray(high)
+
+
+@functools.cache
+def l2_radius():
+  """(B,) L2 radius without the box, and (B,) whether its minimiser lies in [0, 1]."""
+  y = _labels(X_L2)
+  gap_w, gap_b = _weight_gaps(y)
+  margins = jnp.einsum("bkd,bd->bk", gap_w, X_L2.reshape(BATCH, -1)) + gap_b
+  norms = jnp.linalg.norm(gap_w, axis=-1)
+  radii = jnp.where(jax.nn.one_hot(y, CLASSES, dtype=bool), jnp.inf, margins / (norms + 1e-30))
+  j = jnp.argmin(radii, axis=-1)
+  rows = jnp.arange(BATCH)
+  minimiser = X_L2.reshape(BATCH, -1) - (margins[rows, j] / norms[rows, j]**2)[:, None] * gap_w[
+      rows, j]
+  in_box = jnp.all((minimiser >= 0) & (minimiser <= 1), axis=-1)
+  return np.asarray(radii[rows, j]), np.asarray(in_box)
+
+
+def _eps(norm):
+  """ε at the median radius, so that about half the points are robust."""
+  return float(np.median(linf_radius() if norm == "linf" else l2_radius()[0]))
+
+
+@functools.cache
+def compiled(name, norm, restarts=1):
+  """The jitted attack `(x, y, key) -> AttackResult` at ε = `_eps(norm)`.
+
+  With restarts (used to check the key), FAB runs fewer steps to keep the test fast.
+  """
+  eps = _eps(norm)
+  if name == "fab":
+    attack = fab_targeted(eps, norm=norm, restarts=restarts, steps=100 if restarts == 1 else 20)
+  else:
+    attack = square(eps, norm=norm, queries=1000, restarts=restarts)
+  return jax.jit(functools.partial(attack, linear_logits))
+
+
+def data(norm):
+  x = X_LINF if norm == "linf" else X_L2
+  return x, _labels(x)
+
+
+@functools.cache
+def run(name, norm):
+  """(x, y, ε, result) of the single-restart attack on the data of its norm."""
+  x, y = data(norm)
+  return x, y, _eps(norm), jax.device_get(compiled(name, norm)(x, y, KEY))
+
+
+ATTACKS = [("fab", "linf"), ("fab", "l2"), ("square", "linf"), ("square", "l2")]
+
+
+@pytest.mark.parametrize("name,norm", ATTACKS)
+def test_threat_model_and_success_flags(name, norm):
+  x, y, eps, result = run(name, norm)
+  chex.assert_shape(result.x_adv, SHAPE)
+  chex.assert_shape(result.success, (BATCH,))
+  assert result.success.dtype == bool
+  assert np.all(result.x_adv >= 0.0) and np.all(result.x_adv <= 1.0)
+  assert np.all(per_example_norm(result.x_adv - x, norm) <= eps * (1 + 1e-5))
+  np.testing.assert_array_equal(result.success,
+                                np.argmax(linear_logits(result.x_adv), axis=-1) != y)
+  assert 0 < result.success.sum() < BATCH
+
+
+@pytest.mark.parametrize("name,norm", [("fab", "l2"), ("square", "linf")])
+def test_deterministic_for_a_key(name, norm):
+  attack = compiled(name, norm, restarts=2)
+  x, y = data(norm)
+  first, again, other_key = (jax.device_get(attack(x, y, jax.random.PRNGKey(seed)))
+                             for seed in (1, 1, 2))
+  np.testing.assert_array_equal(first.x_adv, again.x_adv)
+  np.testing.assert_array_equal(first.success, again.success)
+  if name == "square":  # FAB's random restarts rarely beat its first run on a linear model.
+    assert not np.array_equal(first.x_adv, other_key.x_adv)
+
+
+def test_fab_linf_finds_the_exact_robust_radius():
+  x, _, eps, result = run("fab", "linf")
+  radius = linf_radius()
+  clear = np.abs(radius / eps - 1) > 0.01  # Points with r* within 1% of ε may go either way.
+  assert clear.sum() >= BATCH - 4
+  np.testing.assert_array_equal(result.success[clear], radius[clear] <= eps)
+  # Where it succeeds, FAB is minimal: its perturbation is close to r* (steps overshoot ~5%).
+  found = np.asarray(per_example_norm(result.x_adv - x, "linf"))[result.success]
+  assert np.all(found >= radius[result.success] * (1 - 1e-4))
+  assert np.all(found <= radius[result.success] * 1.1)
+
+
+def test_fab_l2_finds_the_exact_robust_radius_inside_the_box():
+  x, _, eps, result = run("fab", "l2")
+  radius, in_box = l2_radius()
+  clear = in_box & (np.abs(radius / eps - 1) > 0.01)
+  assert clear.sum() >= BATCH // 2
+  np.testing.assert_array_equal(result.success[clear], radius[clear] <= eps)
+  found = np.asarray(per_example_norm(result.x_adv - x, "l2"))[result.success]
+  assert np.all(found >= radius[result.success] * (1 - 1e-4))
+  assert np.all(found <= radius[result.success] * 1.1)
+
+
+# Random search on a linear model with unstructured weights is hard for L2 bumps, hence the
+# smaller "easy" radius there.
+@pytest.mark.parametrize("norm,easy_radius", [("linf", 0.8), ("l2", 0.5)])
+def test_square_is_sound_and_finds_most_non_robust_points(norm, easy_radius):
+  _, _, eps, result = run("square", norm)
+  radius = linf_radius() if norm == "linf" else l2_radius()[0]
+  assert not np.any(result.success & (radius > eps))  # r* lower-bounds the true L2 radius.
+  easy = radius <= easy_radius * eps
+  assert easy.sum() >= BATCH // 4
+  assert result.success[easy].mean() >= 0.8
+
+
+def test_p_schedule_halves_at_the_rescaled_iterations():
+  p = p_schedule(10000, 0.8)
+  np.testing.assert_allclose(p[[0, 10, 11, 50, 51, 1000, 1001, 8000, 8001, 9999]],
+                             0.8 / 2.0**np.array([0, 0, 1, 1, 2, 4, 5, 8, 9, 9]))
+  rescaled = p_schedule(5000, 0.8)
+  np.testing.assert_allclose(rescaled[[5, 6, 4000, 4001]], 0.8 / 2.0**np.array([0, 1, 8, 9]))
+  assert side_schedule(5000, 0.8, 32, 32, "linf")[0] == 29  # round(√(0.8 · 32 · 32)).
+  l2_sides = side_schedule(5000, 0.8, 32, 32, "l2")
+  assert np.all(l2_sides % 2 == 1) and l2_sides.min() == 3
+
+
+@pytest.mark.parametrize("side", [1, 3, 5, 7])  # L2 Square uses odd sides.
+def test_pseudo_gaussian_bump(side):
+  bump = pseudo_gaussian_bump(side)
+  np.testing.assert_allclose(np.linalg.norm(bump), 1.0, rtol=1e-6)
+  assert np.all(bump[:side // 2] > 0) and np.all(bump[side // 2:] < 0)
+  np.testing.assert_allclose(bump, bump[:, ::-1])  # Symmetric about the central column.
+  bottom = np.abs(bump[side // 2:])
+  assert np.argmax(bottom) == np.ravel_multi_index(((side - side // 2) // 2, side // 2),
+                                                   bottom.shape)  # Peak at the centre.
