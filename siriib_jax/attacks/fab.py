@@ -1,13 +1,13 @@
 """FAB-T, the targeted Fast Adaptive Boundary attack (Croce & Hein, ICML 2020).
 
-"Minimally distorted adversarial examples with a fast adaptive boundary attack", Sec. 3
-(Algorithm 1) with the targeted variant of AutoAttack (Croce & Hein 2020, "Reliable
-evaluation of adversarial robustness...", Sec. 4): for each of the `n_target_classes` most
-likely non-true classes t, FAB linearises the boundary z_t − z_y = 0 at the current iterate,
-projects both the iterate and the original point onto that hyperplane intersected with the
-box [0, 1]^d (Sec. 3.1–3.2), takes a convex combination of the two extrapolated projections
-(Sec. 3.3, eq. 9) and, once adversarial, pulls the iterate back towards the original point
-(the biased backward step, Sec. 3.4). The smallest adversarial perturbation found is kept;
+"Minimally distorted adversarial examples with a fast adaptive boundary attack", Sec. 3 and
+Algorithm 1, in the targeted form AutoAttack runs (Croce & Hein 2020, "Reliable evaluation
+of adversarial robustness with an ensemble of diverse parameter-free attacks"): for each of
+the `n_target_classes` most likely non-true classes t, FAB linearises the boundary
+z_t − z_y = 0 at the current iterate, projects both the iterate and the original point onto
+that hyperplane intersected with the box [0, 1]^d, takes a convex combination of the two
+extrapolated projections (weight α ≤ α_max on the one from the original point) and, once
+adversarial, pulls the iterate back towards the original point (the backward step β). The smallest adversarial perturbation found is kept;
 it is a success only if its norm is at most ε.
 
 Deviations from the reference implementation (fra31/auto-attack, `fab_base.py`):
@@ -30,7 +30,7 @@ from siriib_jax.attacks.projections import NORMS, per_example_norm
 
 def hyperplane_box_step(p: jnp.ndarray, w: jnp.ndarray, r: jnp.ndarray,
                         norm: str) -> jnp.ndarray:
-  """The smallest step d with `w·d = r` and `p + d ∈ [0, 1]^n` (FAB, Sec. 3.1–3.2).
+  """The smallest step d with `w·d = r` and `p + d ∈ [0, 1]^n` (FAB's projection, Sec. 3).
 
   Along the optimal path every coordinate moves towards sign(r·w_i) as
   `min(τ · speed_i, room_i)` for a scalar τ ≥ 0, where room_i is the distance to the box face
@@ -75,7 +75,7 @@ def hyperplane_box_step(p: jnp.ndarray, w: jnp.ndarray, r: jnp.ndarray,
 
 def _boundary_step(x1: jnp.ndarray, x0: jnp.ndarray, w: jnp.ndarray, f: jnp.ndarray,
                    norm: str, alpha_max: float, eta: float) -> jnp.ndarray:
-  """One FAB step (Algorithm 1, lines 4–8) towards the hyperplane `f + w·(z − x1) = 0`.
+  """One FAB step (Algorithm 1) towards the hyperplane `f + w·(z − x1) = 0`.
 
   Args:
     x1: (B, n) current iterates; x0: (B, n) original points.
@@ -115,7 +115,7 @@ def fab_targeted(eps: float, norm: str = "linf", steps: int = 100, restarts: int
       distance ε/2 (as in the reference).
     n_target_classes: how many of the most likely non-true classes (ranked on the clean
       logits) are targeted; capped at K − 1.
-    alpha_max: largest weight of the step from the original point (eq. 9).
+    alpha_max: largest weight of the step from the original point.
     eta: extrapolation factor of the projections.
     beta: backward step: an adversarial iterate x1 becomes x + β (x1 − x).
 

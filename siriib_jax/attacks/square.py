@@ -2,12 +2,12 @@
 
 "Square Attack: a query-efficient black-box adversarial attack via random search":
 Algorithm 1 (the random search, accepting a proposal when the margin loss
-`z_y − max_{j≠y} z_j` decreases), Algorithm 2 and Sec. 3.1 for L∞ (vertical-stripe
-initialisation; a random square of side s set to x ± ε with one sign per channel),
-Algorithm 3 and Sec. 3.2 for L2 (a grid of "pseudo-Gaussian" bumps as initialisation; a
-bump in one window, whose mass is taken from a second window, keeping ‖δ‖₂ = ε). The side
-follows p, the fraction of pixels changed, halved after iterations 10, 50, 200, 500, 1000,
-2000, 4000, 6000, 8000 of a 10 000-query budget rescaled to `queries` (as in the reference).
+`z_y − max_{j≠y} z_j` decreases), Algorithm 2 for L∞ (vertical-stripe initialisation; a
+random square of side s set to x ± ε with one sign per channel), Algorithm 3 for L2 (a grid
+of "pseudo-Gaussian" bumps as initialisation; a bump in one window, whose mass is taken from
+a second window, keeping ‖δ‖₂ = ε). The side follows p, the fraction of pixels changed,
+halved after iterations 10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000 of a 10 000-query
+budget rescaled to `queries`, as in the reference code.
 Only logits are used, never gradients. Each iteration costs one forward pass; the loop stops
 when every point is misclassified, and misclassified points are masked meanwhile.
 
@@ -34,7 +34,7 @@ from siriib_jax.attacks.base import Attack, AttackResult, LogitsFn
 from siriib_jax.attacks.objectives import cw_margin
 from siriib_jax.attacks.projections import NORMS, per_example_norm
 
-# Iterations (of 10 000) after which p is halved; Andriushchenko et al. 2020, Sec. 4.
+# Iterations (of 10 000) after which p is halved, as in the reference code.
 _HALVING_ITERATIONS = np.array([10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000])
 
 
@@ -73,7 +73,7 @@ def _rings(rows: int, cols: int) -> np.ndarray:
 
 
 def pseudo_gaussian_bump(side: int) -> np.ndarray:
-  """(side, side) the L2 update shape of Sec. 3.2: two stacked ring patterns of opposite
+  """(side, side) the L2 update shape (Algorithm 3): two stacked ring patterns of opposite
   sign (top side//2 rows positive), with unit L2 norm."""
   bump = np.concatenate([_rings(side // 2, side), -_rings(side - side // 2, side)])
   return bump / np.linalg.norm(bump)
@@ -107,7 +107,7 @@ def _random_window(key: jax.Array, shape, side: jnp.ndarray):
 
 
 def _linf_init(key: jax.Array, x: jnp.ndarray, eps: float) -> jnp.ndarray:
-  """Vertical stripes: x ± ε with one sign per (image, column, channel) (Alg. 2, line 2)."""
+  """Vertical stripes: x ± ε with one sign per (image, column, channel) (Algorithm 2)."""
   batch, _, width, channels = x.shape
   signs = jax.random.rademacher(key, (batch, 1, width, channels), dtype=x.dtype)
   return jnp.clip(x + eps * signs, 0.0, 1.0)
@@ -115,7 +115,7 @@ def _linf_init(key: jax.Array, x: jnp.ndarray, eps: float) -> jnp.ndarray:
 
 def _linf_proposal(key: jax.Array, x: jnp.ndarray, x_best: jnp.ndarray, side: jnp.ndarray,
                    eps: float) -> jnp.ndarray:
-  """x_best with one random window set to x ± ε, one sign per channel (Alg. 2, lines 6–9)."""
+  """x_best with one random window set to x ± ε, one sign per channel (Algorithm 2)."""
   k_window, k_sign = jax.random.split(key)
   inside, _, _ = _random_window(k_window, x.shape[:3], side)
   signs = jax.random.rademacher(k_sign, (x.shape[0], 1, 1, x.shape[3]), dtype=x.dtype)
@@ -135,7 +135,7 @@ def _block_grid(size: int, side: int):
 
 def _l2_init(key: jax.Array, x: jnp.ndarray, eps: float) -> jnp.ndarray:
   """A grid of bumps of side max(h//5, 1), random sign per (image, bump, channel) and random
-  orientation per (image, bump), rescaled to ‖δ‖₂ = ε, clipped to [0, 1] (Alg. 3, line 2)."""
+  orientation per (image, bump), rescaled to ‖δ‖₂ = ε, clipped to [0, 1] (Algorithm 3)."""
   batch, height, width, channels = x.shape
   side = max(height // 5, 1)
   bump = pseudo_gaussian_bump(side)
@@ -162,7 +162,7 @@ def _window_norm(v: jnp.ndarray, inside: jnp.ndarray) -> jnp.ndarray:
 
 def _l2_proposal(key: jax.Array, x: jnp.ndarray, x_best: jnp.ndarray, side: jnp.ndarray,
                  bump: jnp.ndarray, eps: float) -> jnp.ndarray:
-  """Alg. 3, lines 6–14: a new bump in window 1 added to its current (normalised) content,
+  """Algorithm 3: a new bump in window 1 added to its current (normalised) content,
   window 2 emptied, the freed mass moved into window 1, then ‖δ‖₂ rescaled to ε.
 
   Args:
