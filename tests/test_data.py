@@ -160,6 +160,9 @@ def test_extra_npz_concatenated(tmp_path, npz_dir):
   epoch = np.concatenate([pipeline.train_batch(s)["image"] for s in range(30)])
   is_extra = epoch[:, 0, 0, 2] == 1
   assert is_extra.sum() == 300 and len(set(ids(epoch[is_extra]))) == 300
+  index = np.concatenate([pipeline.train_batch(s)["index"] for s in range(30)])
+  assert pipeline.num_train_examples == 1200 and sorted(index) == list(range(1200))
+  assert (is_extra == (index >= 900)).all()
 
 
 def test_extra_npz_fraction_of_each_batch(tmp_path, npz_dir):
@@ -172,6 +175,8 @@ def test_extra_npz_fraction_of_each_batch(tmp_path, npz_dir):
     assert list(markers) == [0] * 30 + [1] * 10
   first_extra_epoch = np.concatenate([pipeline.train_batch(s)["image"][30:] for s in range(20)])
   assert sorted(ids(first_extra_epoch)) == list(range(200))
+  assert pipeline.num_train_examples == 1100
+  assert (pipeline.train_batch(3)["index"][30:] >= 900).all()
 
 
 # Loader.
@@ -183,9 +188,15 @@ def test_training_order_is_a_function_of_seed_and_step(npz_dir):
   resumed = npz_pipeline(npz_dir, seed=5).train_batches(start_step=17)
   for step in range(17, 50):
     batch = next(resumed)
-    for key in ("image", "label"):
+    for key in ("image", "label", "index"):
       np.testing.assert_array_equal(batch[key], from_zero[step][key])
   assert from_zero[0]["image"].dtype == np.uint8 and from_zero[0]["label"].dtype == np.int32
+  index_of = {}  # "index" names the same example in every epoch.
+  for batch in from_zero:
+    for i, example in zip(batch["index"], ids(batch["image"])):
+      assert index_of.setdefault(i, example) == example
+  assert 880 <= len(index_of) and set(index_of) <= set(range(900))
+  assert from_zero[0]["index"].dtype == np.int32
   other_seed = npz_pipeline(npz_dir, seed=6).train_batch(0)
   assert not np.array_equal(ids(other_seed["image"]), ids(from_zero[0]["image"]))
   assert not np.array_equal(ids(from_zero[22]["image"]), ids(from_zero[0]["image"]))

@@ -33,6 +33,8 @@ class InputPipeline:
 
   Attributes:
     host_batch_size: training examples per batch on this host.
+    num_train_examples: training examples, extra data included; `train_batch`'s
+      "index" lies in [0, num_train_examples) (extra data after the original).
     steps_per_epoch: training steps per pass over the training set (with extra
       data mixed in by fraction: per pass over the original training set).
     validation: the held-out training examples (`config.dataset.validation_size`,
@@ -66,6 +68,7 @@ class InputPipeline:
     self.validation = arrays.Arrays(np.zeros((0,) + self.image_shape, np.uint8),
                                     np.zeros((0,), np.int32))
     self._streams = []
+    self.num_train_examples = 0
     self._cached_epoch = {}
     if training:
       self._read_training_data()
@@ -101,6 +104,7 @@ class InputPipeline:
                            f"a stream of {len(data)} training examples cannot fill one "
                            f"batch of {host_batch * self.process_count}")
     self._streams = streams
+    self.num_train_examples = sum(len(data) for data, _ in streams)
 
   @property
   def steps_per_epoch(self) -> int:
@@ -125,18 +129,23 @@ class InputPipeline:
       step: the global step, from 0.
 
     Returns:
-      image uint8 [B_host, H, W, C], label int32 [B_host].
+      image uint8 [B_host, H, W, C], label int32 [B_host], and index int32
+      [B_host]: which training example each is (fixed for the whole run).
     """
     if not self._streams:
       raise ValueError("This InputPipeline was built with training=False.")
-    images, labels = [], []
+    images, labels, example_indices = [], [], []
+    offset = 0
     for stream, (data, host_batch) in enumerate(self._streams):
       epoch, position = divmod(step, self._steps_per_epoch(stream))
       start = (position * self.process_count + self.process_index) * host_batch
       indices = self._permutation(stream, epoch)[start:start + host_batch]
       images.append(data.image[indices])
       labels.append(data.label[indices])
-    return {"image": np.concatenate(images), "label": np.concatenate(labels)}
+      example_indices.append(indices + offset)
+      offset += len(data)
+    return {"image": np.concatenate(images), "label": np.concatenate(labels),
+            "index": np.concatenate(example_indices).astype(np.int32)}
 
   def train_batches(self, start_step: int = 0) -> Iterator[Batch]:
     """Endless `train_batch(step)` for step = start_step, start_step + 1, ..."""
