@@ -7,8 +7,10 @@ the `n_target_classes` most likely non-true classes t, FAB linearises the bounda
 z_t − z_y = 0 at the current iterate, projects both the iterate and the original point onto
 that hyperplane intersected with the box [0, 1]^d, takes a convex combination of the two
 extrapolated projections (weight α ≤ α_max on the one from the original point) and, once
-adversarial, pulls the iterate back towards the original point (the backward step β). The smallest adversarial perturbation found is kept;
-it is a success only if its norm is at most ε.
+adversarial, pulls the iterate back towards the original point (the backward step β). The
+smallest adversarial perturbation found is kept; it counts only if its norm is at most ε,
+and the final success flag is re-read from one forward pass on x_adv, as the reference's
+`perturb` does.
 
 Deviations from the reference implementation (fra31/auto-attack, `fab_base.py`):
   * Shapes are static: every point is attacked for every target class and restart, instead
