@@ -17,6 +17,7 @@ from PIL import Image
 from configs import default
 from siriib_jax import config_errors
 from siriib_jax import data
+from siriib_jax.data import prepare
 from siriib_jax.data import sample
 from siriib_jax.data import tiny_imagenet
 
@@ -32,7 +33,8 @@ def dataset_config(**overrides):
 def identifiable(n, num_classes=10, marker=0, seed=0):
   """n images whose pixel (0, 0) encodes (index, marker); labels cycle over classes, shuffled."""
   image = np.random.default_rng(seed).integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
-  image[:, 0, 0, 0], image[:, 0, 0, 1], image[:, 0, 0, 2] = np.arange(n) % 256, np.arange(n) // 256, marker
+  image[:, 0, 0, 0], image[:, 0, 0, 1] = np.arange(n) % 256, np.arange(n) // 256
+  image[:, 0, 0, 2] = marker
   label = np.random.default_rng(seed + 1).permutation(np.arange(n) % num_classes)
   return image, label
 
@@ -103,12 +105,15 @@ def make_tiny_imagenet_zip(path, per_class=2, num_val=30):
   return wnids
 
 
-def test_tiny_imagenet_builder_prepares_and_loads_without_tensorflow(tmp_path):
+def test_tiny_imagenet_builder_prepares_and_loads_without_tensorflow(tmp_path, monkeypatch):
   (tmp_path / "manual").mkdir()
   wnids = make_tiny_imagenet_zip(tmp_path / "manual" / tiny_imagenet.ZIP_NAME)
-  builder = tiny_imagenet.TinyImagenet(data_dir=tmp_path / "tfds")
-  builder.download_and_prepare(file_format="array_record", download_config=tfds.download.DownloadConfig(
-      manual_dir=tmp_path / "manual"))
+  monkeypatch.setattr(sys, "argv", ["prepare", "tiny_imagenet", "--data_dir",
+                                    str(tmp_path / "tfds"), "--manual_dir",
+                                    str(tmp_path / "manual")])
+  prepare.main()
+  builder = tfds.builder("tiny_imagenet", data_dir=tmp_path / "tfds")
+  assert builder.info.file_format == tfds.core.FileFormat.ARRAY_RECORD
   config = dataset_config(name="tiny_imagenet", data_dir=str(tmp_path / "tfds"), image_size=64,
                           num_classes=200, validation_size=200)
   pipeline = data.InputPipeline(config, global_batch_size=200, seed=0, process_index=0,

@@ -119,7 +119,8 @@ class InputPipeline:
     """`epoch_permutation` of `stream`, cached for the current epoch."""
     if self._cached_epoch.get(stream, (None,))[0] != epoch:
       size = len(self._streams[stream][0])
-      self._cached_epoch[stream] = (epoch, splits.epoch_permutation(self._seed, stream, epoch, size))
+      permutation = splits.epoch_permutation(self._seed, stream, epoch, size)
+      self._cached_epoch[stream] = (epoch, permutation)
     return self._cached_epoch[stream][1]
 
   def train_batch(self, step: int) -> Batch:
@@ -185,7 +186,8 @@ class InputPipeline:
       data = data.take(splits.stratified_subset(data.label, subset_size, seed=subset_seed))
     batch_size = batch_size or self.global_batch_size
     if batch_size % self.process_count:
-      raise ValueError(f"Eval batch size {batch_size} is not divisible by {self.process_count} hosts.")
+      raise ValueError(f"Eval batch size {batch_size} is not divisible by "
+                       f"{self.process_count} hosts.")
     host_batch = batch_size // self.process_count
     for start in range(0, len(data), batch_size):
       positions = start + self.process_index * host_batch + np.arange(host_batch)

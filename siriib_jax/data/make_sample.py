@@ -39,7 +39,8 @@ def main() -> None:
                                         replace=False) for c in range(NUM_CLASSES)])
     chosen = rng.permutation(chosen)  # Not sorted by class.
     path = sample.SAMPLE_DIR / sample.mosaic_file(split)
-    Image.fromarray(sample.to_mosaic(image[chosen])).save(path, lossless=True, quality=100, method=6)
+    mosaic = Image.fromarray(sample.to_mosaic(image[chosen]))
+    mosaic.save(path, lossless=True, quality=100, method=6)
     labels[split] = label[chosen].astype(np.uint8)
     print(f"{path}: {len(chosen)} images, {path.stat().st_size} bytes")
   np.savez_compressed(sample.SAMPLE_DIR / sample.LABELS_FILE, **labels)

@@ -21,7 +21,8 @@ def main() -> None:
   parser.add_argument("name", help="TFDS name, e.g. cifar10, cifar100, tiny_imagenet, "
                       "cifar10_corrupted/fog_3.")
   parser.add_argument("--data_dir", required=True, help="TFDS data directory to write to.")
-  parser.add_argument("--manual_dir", help="Folder of manually downloaded files (Tiny-ImageNet zip).")
+  parser.add_argument("--manual_dir",
+                      help="Folder of manually downloaded files (the Tiny-ImageNet zip).")
   args = parser.parse_args()
   builder = tfds.builder(args.name, data_dir=args.data_dir)
   builder.download_and_prepare(
