@@ -157,6 +157,13 @@ def test_npz_with_bad_arrays_names_the_key(tmp_path, npz_dir):
     npz_pipeline(npz_dir, extra_npz=str(tmp_path / "extra.npz"))
 
 
+def test_extra_npz_too_small_for_its_share_of_the_batch(tmp_path, npz_dir):
+  image, label = identifiable(5, marker=1)
+  np.savez(tmp_path / "extra.npz", image=image, label=label)
+  with pytest.raises(config_errors.ConfigError, match="dataset.extra_npz.*5 training examples"):
+    npz_pipeline(npz_dir, extra_npz=str(tmp_path / "extra.npz"), extra_fraction=0.5)
+
+
 def test_extra_npz_concatenated(tmp_path, npz_dir):
   image, label = identifiable(300, marker=1, seed=7)
   np.savez(tmp_path / "extra.npz", image=image, label=label)

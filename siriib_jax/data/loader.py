@@ -32,7 +32,9 @@ class InputPipeline:
   test split when it is first evaluated.
 
   Attributes:
+    global_batch_size: training examples per step over all hosts.
     host_batch_size: training examples per batch on this host.
+    process_index: this host, in [0, process_count).
     num_train_examples: training examples, extra data included; `train_batch`'s
       "index" lies in [0, num_train_examples) (extra data after the original).
     steps_per_epoch: training steps per pass over the training set (with extra
@@ -98,11 +100,11 @@ class InputPipeline:
         streams = [(train, self.host_batch_size - extra_batch), (extra, extra_batch)]
       else:
         streams = [(arrays.concatenate(train, extra), self.host_batch_size)]
-    for data, host_batch in streams:
+    for (data, host_batch), key in zip(streams, ("name", "extra_npz")):
       if len(data) < host_batch * self.process_count:
-        config_errors.fail("dataset.name", dataset.name,
-                           f"a stream of {len(data)} training examples cannot fill one "
-                           f"batch of {host_batch * self.process_count}")
+        config_errors.fail(f"dataset.{key}", dataset[key],
+                           f"its {len(data)} training examples cannot fill one batch of "
+                           f"{host_batch * self.process_count}")
     self._streams = streams
     self.num_train_examples = sum(len(data) for data, _ in streams)
 
