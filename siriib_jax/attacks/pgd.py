@@ -32,6 +32,7 @@ def pgd(eps: float,
         loss: Loss = cross_entropy,
         random_start: bool = True,
         restarts: int = 1,
+        start_noise: float = 0.0,
         unroll: Union[None, bool, int] = None) -> Attack:
   """Projected gradient ascent on `loss` in the `norm` ε-ball ∩ [0, 1].
 
@@ -42,6 +43,8 @@ def pgd(eps: float,
     norm: 'linf' or 'l2'.
     loss: maximised; `(logits, y) -> (B,)` or an `ImageLoss`.
     random_start: start from a uniform point of the ball (else from x).
+    start_noise: if > 0, start instead from `x + start_noise · N(0, I)`, projected — TRADES'
+      start (0.001; Zhang et al. 2019, Alg. 1), where the KL loss has zero gradient at x.
     restarts: independent runs; per example the worst case is kept: a success in any run
       counts, and among failures the point of highest loss.
     unroll: `lax.fori_loop`'s `unroll` for the step loop; None: `gradients.loop_unroll`.
@@ -62,7 +65,10 @@ def pgd(eps: float,
       def step(_, x_adv):
         _, _, grad = value_logits_and_grad(objective, x_adv, None)
         return project(x_adv + step_size * normalized_step(grad, norm), x, eps, norm)
-      x_adv = sample_start(key, x, eps, norm) if random_start else x
+      if start_noise > 0:
+        x_adv = project(x + start_noise * jax.random.normal(key, x.shape, x.dtype), x, eps, norm)
+      else:
+        x_adv = sample_start(key, x, eps, norm) if random_start else x
       x_adv = jax.lax.fori_loop(0, steps, step, x_adv, unroll=loop_unroll(unroll, steps))
       value, logits = objective(x_adv, None)
       return Candidate(x_adv, jnp.argmax(logits, axis=-1) != y, value)
