@@ -18,7 +18,7 @@ from typing import Callable, NamedTuple, Union
 import jax
 import jax.numpy as jnp
 
-from siriib_jax.attacks.projections import project
+from siriib_jax.attacks.projections import per_example_norm, project
 
 
 class ImageLoss(NamedTuple):
@@ -82,11 +82,9 @@ def random_start(key: jax.Array, x: jnp.ndarray, eps: float, norm: str) -> jnp.n
     return project(x + jax.random.uniform(key, x.shape, x.dtype, -eps, eps), x, eps, norm)
   key_direction, key_radius = jax.random.split(key)
   direction = jax.random.normal(key_direction, x.shape, x.dtype)
-  axes = tuple(range(1, x.ndim))
-  direction /= jnp.sqrt(jnp.sum(direction**2, axis=axes, keepdims=True)) + 1e-12
-  dim = x[0].size
-  radius = eps * jax.random.uniform(key_radius, (x.shape[0],) + (1,) * (x.ndim - 1),
-                                    x.dtype) ** (1.0 / dim)
+  per_example = (x.shape[0],) + (1,) * (x.ndim - 1)
+  direction /= per_example_norm(direction, norm).reshape(per_example) + 1e-12
+  radius = eps * jax.random.uniform(key_radius, per_example, x.dtype) ** (1.0 / x[0].size)
   return project(x + radius * direction, x, eps, norm)
 
 

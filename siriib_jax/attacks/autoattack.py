@@ -1,0 +1,132 @@
+"""AutoAttack (Croce & Hein 2020, "Reliable evaluation of adversarial robustness with an
+ensemble of diverse parameter-free attacks", ICML, §5).
+
+* `standard`: APGD-CE, APGD-T (9 targets), FAB-T (9 targets), Square (5000 queries), in
+  that order, for deterministic models `logits_fn(x) -> logits`.
+* `rand`: APGD-CE and APGD-DLR, each with EOT over 20 draws (§5, "randomized defenses"), for
+  stochastic models `logits_fn(x, key) -> logits`. Predictions (clean and final) are the
+  argmax of the logits averaged over the same 20 draws.
+
+Points misclassified on clean inputs count as broken (x_adv = x). Each attack then runs only
+on the points still robust, and a point broken by any attack keeps that attack's x_adv, so
+AutoAttack's robustness is the logical AND of its components' (the worst case per example).
+
+Selection runs on the host, since shapes inside `jit` are static: the robust points are
+gathered, cut into chunks of at most `bucket` (default: the batch size) and each chunk is
+padded, by repeating its first point, to the next power of two (at most `bucket`); each
+attack is jitted once and so compiles at most once per bucket size, ⌈log₂ B⌉ + 1 shapes.
+Pass `logits_fn` as a `jax.tree_util.Partial(apply_fn, params)`: it is then a jit argument
+(a plain function is wrapped, and any arrays it closes over become compile-time constants).
+
+`AutoAttack.__call__` is therefore not itself jittable; it returns NumPy arrays.
+"""
+
+import functools
+from typing import Dict, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from siriib_jax.attacks.apgd import apgd, apgd_targeted
+from siriib_jax.attacks.fab import fab_targeted
+from siriib_jax.attacks.gradients import bind_objective
+from siriib_jax.attacks.objectives import cross_entropy, dlr
+from siriib_jax.attacks.square import square
+
+VERSIONS = ("standard", "rand")
+EOT_SAMPLES = 20
+
+
+class ComponentResult(NamedTuple):
+  """One attack of the ensemble: attacked (B,) bool, the points it ran on (those still
+  robust); success (B,) bool, the points it broke (False where not attacked)."""
+  attacked: np.ndarray
+  success: np.ndarray
+
+
+class AutoAttackResult(NamedTuple):
+  """x_adv: (B, H, W, C); success: (B,) bool, clean misclassification included;
+  clean_success: (B,) bool, misclassified without attack; components: name ->
+  `ComponentResult`, in the order run."""
+  x_adv: np.ndarray
+  success: np.ndarray
+  clean_success: np.ndarray
+  components: Dict[str, ComponentResult]
+
+
+def components(eps: float, norm: str = "linf", version: str = "standard"):
+  """The ensemble of `version`, as an ordered dict name -> `Attack`."""
+  if version == "standard":
+    return {
+        "apgd-ce": apgd(eps, norm),
+        "apgd-t": apgd_targeted(eps, norm),
+        "fab-t": fab_targeted(eps, norm),
+        "square": square(eps, norm, queries=5000),
+    }
+  if version == "rand":
+    return {
+        "apgd-ce": apgd(eps, norm, eot_samples=EOT_SAMPLES),
+        "apgd-dlr": apgd(eps, norm, loss=dlr, eot_samples=EOT_SAMPLES),
+    }
+  raise ValueError(f"version must be one of {VERSIONS}, got {version!r}")
+
+
+def bucket_size(n: int, bucket: int) -> int:
+  """The padded size of a chunk of n ≤ bucket points: the next power of two, ≤ bucket."""
+  return min(1 << max(n - 1, 0).bit_length(), bucket)
+
+
+class AutoAttack:
+  """`AutoAttack(eps, norm, version)(logits_fn, x, y, key) -> AutoAttackResult`.
+
+  Args:
+    eps: radius of the `norm` ball.
+    norm: 'linf' or 'l2'.
+    version: 'standard' or 'rand'.
+    bucket: the largest chunk an attack sees; None: the batch size of each call.
+    attacks: overrides the ensemble (name -> `Attack`, run in order), e.g. for tests.
+  """
+
+  def __init__(self, eps: float, norm: str = "linf", version: str = "standard",
+               bucket: Optional[int] = None, attacks: Optional[dict] = None):
+    self.eot_samples = EOT_SAMPLES if version == "rand" else 0
+    attacks = components(eps, norm, version) if attacks is None else attacks
+    self.attacks = {name: jax.jit(attack) for name, attack in attacks.items()}
+    self.bucket = bucket
+
+  @functools.partial(jax.jit, static_argnums=0)
+  def _predict(self, logits_fn, x, y, key):
+    objective = bind_objective(logits_fn, cross_entropy, y, self.eot_samples)
+    return jnp.argmax(objective(x, key)[1], axis=-1)
+
+  def __call__(self, logits_fn, x, y, key: jax.Array) -> AutoAttackResult:
+    """x: (B, H, W, C) in [0, 1]; y: (B,) int labels."""
+    if not isinstance(logits_fn, jax.tree_util.Partial):
+      logits_fn = jax.tree_util.Partial(logits_fn)
+    x, y = np.asarray(x), np.asarray(y)
+    bucket = self.bucket or len(x)
+    key_clean, key = jax.random.split(key)
+    clean_success = np.asarray(self._predict(logits_fn, x, y, key_clean)) != y
+    success, x_adv, results = clean_success.copy(), x.copy(), {}
+    for i, (name, attack) in enumerate(self.attacks.items()):
+      attacked = ~success
+      broken = np.zeros_like(success)
+      for c, start in enumerate(range(0, int(attacked.sum()), bucket)):
+        chunk = np.flatnonzero(attacked)[start:start + bucket]
+        padding = bucket_size(len(chunk), bucket) - len(chunk)
+        padded = np.concatenate([chunk, np.full(padding, chunk[0])])
+        result = attack(logits_fn, x[padded], y[padded],
+                        jax.random.fold_in(jax.random.fold_in(key, i), c))
+        chunk_success = np.asarray(result.success)[:len(chunk)]
+        broken[chunk] = chunk_success
+        x_adv[chunk[chunk_success]] = np.asarray(result.x_adv)[:len(chunk)][chunk_success]
+      success |= broken
+      results[name] = ComponentResult(attacked, broken)
+    return AutoAttackResult(x_adv, success, clean_success, results)
+
+
+def autoattack(eps: float, norm: str = "linf", version: str = "standard",
+               bucket: Optional[int] = None) -> AutoAttack:
+  """AutoAttack `version` ('standard' or 'rand') in the `norm` ε-ball; see `AutoAttack`."""
+  return AutoAttack(eps, norm, version, bucket)
