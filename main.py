@@ -1,29 +1,51 @@
-"""Entry point: `python main.py --config configs/cifar10_r18.py --workdir /tmp/run`.
+"""Entry point, as in flax `examples/imagenet`:
+
+    python main.py --config configs/cifar10_r18.py --workdir /tmp/r18 [--config.num_epochs=1]
 
 Modes:
+  train       train the configured model and strategy (resumes from `workdir`).
   complexity  print the parameters and MACs of the configured model (no workdir needed).
               `python -m siriib_jax.complexity` prints the rows of the paper's Tables 3, 5.
 """
 
-from absl import app, flags
+import sys
+
+import jax
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from siriib_jax import complexity
+from siriib_jax.checkpointing import CheckpointError
+from siriib_jax.config_errors import ConfigError
+from siriib_jax.data import DatasetNotFoundError
+from siriib_jax.train import NonFiniteLossError, train_and_evaluate
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "ml_collections config file.",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and metrics.")
 _MODE = flags.DEFINE_enum("mode", "train", ["train", "complexity"], "What to run.")
+_MULTIHOST = flags.DEFINE_bool("multihost", False,
+                               "Call jax.distributed.initialize() first (TPU pods, "
+                               "multi-node GPU).")
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if _MULTIHOST.value:
+    jax.distributed.initialize()
   config = _CONFIG.value
   if _MODE.value == "complexity":
     print(complexity.describe(config))
     return
-  raise app.UsageError("--mode=train is not implemented yet (issue 4).")
+  if not _WORKDIR.value:
+    raise app.UsageError("--workdir is required for --mode=train.")
+  try:
+    train_and_evaluate(config, _WORKDIR.value)
+  except (ConfigError, DatasetNotFoundError, CheckpointError, NonFiniteLossError) as error:
+    logging.error("%s", error)
+    print(f"error: {error}", file=sys.stderr)
+    sys.exit(2)
 
 
 if __name__ == "__main__":

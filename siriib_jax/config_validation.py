@@ -1,0 +1,60 @@
+"""`validate_config`: every config value checked before anything is read or compiled."""
+
+import jax
+import ml_collections
+
+from siriib_jax.config_errors import fail
+from siriib_jax.data import validate_dataset_config
+from siriib_jax.models import validate_model_config
+from siriib_jax.strategies import validate_strategy_config
+
+
+def _positive_int(config, key: str, minimum: int = 1) -> None:
+  value = config[key]
+  if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+    fail(key, value, f"it must be an integer ≥ {minimum}")
+
+
+def validate_training_config(config: ml_collections.ConfigDict) -> None:
+  """Checks the optimiser, schedule, logging and checkpoint keys."""
+  for key in ("num_epochs", "batch_size", "log_every_steps", "eval_every_epochs",
+              "keep_checkpoints", "eval_pgd_steps"):
+    _positive_int(config, key)
+  for key in ("checkpoint_every_steps", "final_eval_size"):
+    _positive_int(config, key, minimum=0)
+  if config.max_steps != -1:
+    _positive_int(config, "max_steps")
+  if config.seed < 0:
+    fail("seed", config.seed, "it must be ≥ 0")
+  devices = jax.device_count()
+  if config.batch_size % devices:
+    fail("batch_size", config.batch_size,
+         f"it must be divisible by the number of devices ({devices})")
+  o = config.optimizer
+  if not o.learning_rate > 0:
+    fail("optimizer.learning_rate", o.learning_rate, "it must be > 0")
+  if not 0 <= o.momentum < 1:
+    fail("optimizer.momentum", o.momentum, "it must be in [0, 1)")
+  if o.weight_decay < 0:
+    fail("optimizer.weight_decay", o.weight_decay, "it must be ≥ 0")
+  if list(o.decay_epochs) != sorted(o.decay_epochs) or any(e <= 0 for e in o.decay_epochs):
+    fail("optimizer.decay_epochs", tuple(o.decay_epochs),
+         "it must be increasing positive epochs, e.g. (100, 150)")
+  if not 0 < o.decay_factor <= 1:
+    fail("optimizer.decay_factor", o.decay_factor, "it must be in (0, 1]")
+  if not isinstance(config.half_precision, bool):
+    fail("half_precision", config.half_precision, "it must be True or False")
+  for key in ("lambda1", "lambda2"):
+    if config.loss[key] < 0:
+      fail(f"loss.{key}", config.loss[key], "it must be ≥ 0")
+  if config.loss.svd_eps <= 0:
+    fail("loss.svd_eps", config.loss.svd_eps, "it must be > 0")
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+  """Checks the whole config; raises `ConfigError` naming the first bad key."""
+  validate_model_config(config.model, config.dataset.image_size)
+  validate_dataset_config(config.dataset, global_batch_size=config.batch_size,
+                          model_num_classes=config.model.num_classes)
+  validate_strategy_config(config)
+  validate_training_config(config)

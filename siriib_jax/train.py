@@ -1,0 +1,167 @@
+"""`train_and_evaluate(config, workdir)`: adversarial training with SiRIIB (paper §5.1).
+
+The loop follows flax `examples/imagenet`: one jitted step (train_step.py) over a data
+mesh, clu metric writers, orbax checkpoints that a restarted run resumes from — step,
+parameters, BatchNorm statistics, optimiser state and TE's ensemble; the data order and
+the randomness are functions of (seed, step), so nothing else needs saving — and a
+SIGTERM handler that checkpoints and exits cleanly.
+"""
+
+import json
+import os
+import signal
+import time
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+from clu import metric_writers, periodic_actions
+
+from siriib_jax import parallel
+from siriib_jax.checkpointing import Checkpoints
+from siriib_jax.config_validation import validate_config
+from siriib_jax.data import InputPipeline
+from siriib_jax.models import create_model
+from siriib_jax.strategies import get_strategy
+from siriib_jax.train_state import create_train_state
+from siriib_jax.train_step import make_eval_step, make_train_step
+
+
+class NonFiniteLossError(FloatingPointError):
+  """The loss or a gradient became NaN or Inf; the last good checkpoint is kept."""
+
+
+class _Preemption:
+  """Turns SIGTERM into a flag that the loop checks after each step."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def __enter__(self):
+    self._previous = signal.signal(signal.SIGTERM, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    logging.warning("SIGTERM: saving a checkpoint and exiting after this step.")
+    self.requested = True
+
+  def __exit__(self, *exc):
+    signal.signal(signal.SIGTERM, self._previous)
+
+
+def _mean_metrics(history: list[dict]) -> dict:
+  host = jax.device_get(history)
+  return {k: float(np.mean([m[k] for m in host])) for k in host[0]}
+
+
+def evaluate_validation(eval_step, state, data: InputPipeline, mesh, key) -> dict:
+  """Clean and PGD accuracy (%) on the held-out validation split."""
+  totals = {"clean": 0.0, "pgd": 0.0, "count": 0.0}
+  for i, batch in enumerate(data.eval_batches("validation", batch_size=data.global_batch_size)):
+    counts = eval_step(state, parallel.global_batch(batch, mesh), jax.random.fold_in(key, i))
+    for k, v in jax.device_get(counts).items():
+      totals[k] += float(v)
+  count = max(totals["count"], 1.0)
+  return {"clean": 100 * totals["clean"] / count, "pgd": 100 * totals["pgd"] / count}
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains `config`'s model with its strategy; returns the run's summary (also written to
+  `workdir/summary.json`).
+
+  Raises:
+    ConfigError: a bad config value (before anything is compiled).
+    DatasetNotFoundError: the dataset is not prepared in `config.dataset.data_dir`.
+    CheckpointError: an existing checkpoint in `workdir` cannot be read.
+    NonFiniteLossError: the loss became NaN or Inf (the last good checkpoint is kept).
+  """
+  validate_config(config)
+  workdir = os.path.abspath(workdir)
+  os.makedirs(workdir, exist_ok=True)
+  data = InputPipeline(config.dataset, global_batch_size=config.batch_size, seed=config.seed)
+  steps_per_epoch = data.steps_per_epoch
+  num_steps = config.num_epochs * steps_per_epoch
+  if config.max_steps > 0:
+    num_steps = min(num_steps, config.max_steps)
+
+  dtype = jnp.bfloat16 if config.half_precision else jnp.float32
+  model = create_model(config.model, config.dataset.image_size, dtype)
+  strategy = get_strategy(config)
+  mesh = parallel.data_mesh()
+  replicated = parallel.replicated(mesh)
+
+  root_key = jax.random.key(config.seed)
+  init_key, train_key, eval_key = jax.random.split(root_key, 3)
+  init = jax.jit(lambda key: create_train_state(
+      model, config, key, data.image_shape, steps_per_epoch, data.num_train_examples),
+      out_shardings=replicated)
+  abstract_state = jax.eval_shape(init, init_key)
+  abstract_state = jax.tree.map(
+      lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=replicated),
+      abstract_state)
+
+  checkpoints = Checkpoints(workdir, config.keep_checkpoints)
+  state = checkpoints.restore_latest(abstract_state)
+  if state is None:
+    state = init(init_key)
+  start_step = int(state.step)
+  logging.info("Training %s with %s from step %d of %d (%d steps per epoch) on %d devices.",
+               config.model.name, config.strategy, start_step, num_steps, steps_per_epoch,
+               jax.device_count())
+
+  train_step = jax.jit(make_train_step(model, strategy, config, steps_per_epoch),
+                       in_shardings=(replicated, parallel.batch_sharded(mesh), replicated),
+                       out_shardings=(replicated, replicated), donate_argnums=0)
+  eval_step = jax.jit(make_eval_step(model, config))
+
+  writer = metric_writers.create_default_writer(workdir,
+                                                just_logging=jax.process_index() > 0)
+  progress = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer)
+  history, validation = [], {}
+  status = "completed"
+  started = time.time()
+  with _Preemption() as preemption:
+    for step in range(start_step, num_steps):
+      batch = parallel.global_batch(data.train_batch(step), mesh)
+      state, metrics = train_step(state, batch, train_key)
+      history.append(metrics)
+      progress(step + 1)
+      done = step + 1
+      end_of_epoch = done % steps_per_epoch == 0
+      if done % config.log_every_steps == 0 or end_of_epoch or done == num_steps:
+        summary = _mean_metrics(history)
+        history = []
+        if summary.pop("finite") < 1.0:
+          checkpoints.close()
+          raise NonFiniteLossError(
+              f"The loss or a gradient became NaN/Inf before step {done}; the update was "
+              f"skipped and the run stopped. The last good checkpoint in "
+              f"{checkpoints.directory} is kept. Lower optimizer.learning_rate or "
+              f"loss.lambda1, or try half_precision=False.")
+        writer.write_scalars(done, {f"train/{k}": v for k, v in summary.items()})
+      epoch = done // steps_per_epoch
+      if end_of_epoch and epoch % config.eval_every_epochs == 0 and data.validation.label.size:
+        validation = evaluate_validation(eval_step, state, data, mesh, eval_key)
+        writer.write_scalars(done, {f"validation/{k}": v for k, v in validation.items()})
+        checkpoints.save_best(done, state, validation["pgd"])
+      periodic_save = config.checkpoint_every_steps and done % config.checkpoint_every_steps == 0
+      if end_of_epoch or periodic_save or done == num_steps or preemption.requested:
+        checkpoints.save_last(done, state)
+      if preemption.requested:
+        status = "preempted"
+        break
+  summary = {"status": status, "step": int(state.step), "num_steps": num_steps,
+             "epochs": int(state.step) / steps_per_epoch, "validation": validation,
+             "best_validation_pgd": checkpoints.best_metric(),
+             "train_seconds": time.time() - started}
+  checkpoints.close()
+  writer.flush()
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "summary.json"), "w") as f:
+      json.dump(summary, f, indent=2, default=float)
+  return summary

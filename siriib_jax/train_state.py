@@ -1,0 +1,51 @@
+"""The train state and the optimiser of paper §5.1 (SGD, momentum 0.9, weight decay 5e-4,
+learning rate 0.1 × 0.1 at epochs 100 and 150)."""
+
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from flax.training import train_state
+
+
+class TrainState(train_state.TrainState):
+  """Parameters, optimiser state and step, plus BatchNorm statistics and TE's ensemble.
+
+  Attributes:
+    batch_stats: running BatchNorm statistics.
+    ensemble: (N_train, K) running average of each training example's predicted
+      probabilities (temporal ensembling); None for the other strategies.
+  """
+  batch_stats: Any = None
+  ensemble: Optional[jnp.ndarray] = None
+
+
+def learning_rate_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int):
+  """Piecewise-constant: `learning_rate`, times `decay_factor` at each of `decay_epochs`."""
+  o = config.optimizer
+  return optax.piecewise_constant_schedule(
+      o.learning_rate, {int(e * steps_per_epoch): o.decay_factor for e in o.decay_epochs})
+
+
+def make_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int):
+  """PyTorch's SGD: the decay `wd · w` joins the gradient before momentum, on every
+  parameter (BatchNorm included), as in the paper's PyTorch training."""
+  o = config.optimizer
+  return optax.chain(
+      optax.add_decayed_weights(o.weight_decay),
+      optax.sgd(learning_rate_schedule(config, steps_per_epoch), momentum=o.momentum))
+
+
+def create_train_state(model, config: ml_collections.ConfigDict, key: jax.Array,
+                       image_shape: tuple[int, int, int], steps_per_epoch: int,
+                       num_train_examples: int) -> TrainState:
+  """Initialises the model on a dummy batch; TE's ensemble starts at zero."""
+  variables = model.init(key, jnp.zeros((1, *image_shape), jnp.float32))
+  ensemble = None
+  if config.strategy == "te":
+    ensemble = jnp.zeros((num_train_examples, config.model.num_classes), jnp.float32)
+  return TrainState.create(apply_fn=model.apply, params=variables["params"],
+                           tx=make_optimizer(config, steps_per_epoch),
+                           batch_stats=variables.get("batch_stats", {}), ensemble=ensemble)
