@@ -8,6 +8,7 @@ Modes:
               `python -m siriib_jax.complexity` prints the rows of the paper's Tables 3, 5.
 """
 
+import logging as python_logging
 import sys
 
 import jax
@@ -29,9 +30,17 @@ _MULTIHOST = flags.DEFINE_bool("multihost", False,
                                "multi-node GPU).")
 
 
+class _QuietOrbax(python_logging.Filter):
+  """Keeps orbax's per-save INFO chatter out of the log; its warnings still show."""
+
+  def filter(self, record):
+    return record.levelno >= python_logging.WARNING or "/orbax/" not in record.pathname
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  logging.get_absl_handler().addFilter(_QuietOrbax())
   if _MULTIHOST.value:
     jax.distributed.initialize()
   config = _CONFIG.value

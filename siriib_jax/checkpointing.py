@@ -63,6 +63,7 @@ class Checkpoints:
 
   @staticmethod
   def _restore(manager, step, abstract_state):
+    """Restores `step` as `abstract_state` (None: as saved, a tree of dicts)."""
     try:
       return manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
     except Exception as error:  # pylint: disable=broad-except
@@ -90,3 +91,33 @@ class Checkpoints:
     self.best.wait_until_finished()
     self.last.close()
     self.best.close()
+
+
+def load_variables(workdir: str, which: str = "best") -> tuple[dict, int]:
+  """The model variables `{'params', 'batch_stats'}` of a run, for evaluation.
+
+  Args:
+    workdir: the training run's directory.
+    which: "best" (highest validation PGD accuracy; falls back to "last" when the run has
+      no validation split) or "last".
+  Returns:
+    (variables, step).
+  Raises:
+    CheckpointError: there is no checkpoint, or it cannot be read.
+  """
+  if which not in ("best", "last"):
+    raise ValueError(f"which must be 'best' or 'last', got {which!r}")
+  root = os.path.join(os.path.abspath(workdir), "checkpoints")
+  for name in ((which, "last") if which == "best" else (which,)):
+    directory = os.path.join(root, name)
+    if not os.path.isdir(directory):
+      continue
+    manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(
+        read_only=True, best_fn=(lambda m: m["pgd"]) if name == "best" else None))
+    step = manager.best_step() if name == "best" else manager.latest_step()
+    if step is None:
+      continue
+    restored = Checkpoints._restore(manager, step, None)  # pylint: disable=protected-access
+    return {"params": restored["params"], "batch_stats": restored["batch_stats"]}, step
+  raise CheckpointError(f"No checkpoint in {root}: train first, or pass the --workdir of a "
+                        f"training run.")
