@@ -93,6 +93,35 @@ def get_config() -> ml_collections.ConfigDict:
   # Stop after this many steps (for tests and smoke runs); -1 = num_epochs.
   config.max_steps = -1
 
+  # Robustness evaluation: --mode=eval / svd_study (siriib_jax/evaluation, docs/evaluation.md;
+  # paper §5.1, §5.5). Names: "clean", registry names under L∞ (pgd20, pgd100, cw100,
+  # autoattack, apgd-ce, apgd-t, fab-t, square, …), the same prefixed "l2-" under L2, and
+  # "adaptive" (PGD on L_CE, L_svd, L_info and their sums, Table 4; SiRIIB models only).
+  config.evaluation = ml_collections.ConfigDict()
+  config.evaluation.attacks = ("clean", "pgd20", "pgd100", "cw100", "autoattack", "l2-pgd20",
+                               "l2-pgd100", "l2-cw100", "adaptive")
+  config.evaluation.subset_size = 0  # Test points: a stratified random subset; 0 = all.
+  config.evaluation.seed = 0  # Fixes the subset and every attack's randomness.
+  config.evaluation.batch_size = 256
+  config.evaluation.checkpoint = "best"  # best (validation PGD) | last.
+  config.evaluation.linf = ml_collections.ConfigDict({"eps": 8 / 255, "step_size": 2 / 255})
+  config.evaluation.l2 = ml_collections.ConfigDict({"eps": 0.5, "step_size": 0.1})
+  config.evaluation.restarts = 1  # Random starts of pgd<N> / cw<N> / adaptive.
+  config.evaluation.adaptive_steps = 20
+  config.evaluation.square_queries = 5000  # Square alone and in AutoAttack (standard: 5000).
+  config.evaluation.unroll = False  # Step loops of pgd<N> / cw<N>: rolled (fast compile).
+  # The gradient-masking checklist (siriib_jax/evaluation/checklist.py).
+  config.evaluation.checklist = ml_collections.ConfigDict()
+  config.evaluation.checklist.large_eps = 64 / 255  # 0 = skip the large-ε run.
+  config.evaluation.checklist.large_eps_attack = "pgd20"  # Step ε/4.
+  config.evaluation.checklist.max_large_eps_accuracy = 0.01
+  config.evaluation.checklist.tolerance = 0.01  # Slack max(tolerance, 1/N) between attacks.
+  # SVD swap study (paper §3.1, Fig. 1-2): accuracy on x_adv and on U_adv Σ_clean V_advᵀ.
+  config.evaluation.svd_study = ml_collections.ConfigDict()
+  config.evaluation.svd_study.attacks = ("pgd20", "pgd100", "cw100", "autoattack")
+  config.evaluation.svd_study.grid_attacks = ("pgd20", "autoattack")  # Fig. 2's rows.
+  config.evaluation.svd_study.grid_images = 8
+
   # Final robustness evaluation after training (siriib_jax/evaluate); 0 = skip.
   config.final_eval_size = 0
 

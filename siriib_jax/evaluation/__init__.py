@@ -1,0 +1,22 @@
+"""Robustness evaluation (paper §5.1, §5.5, §3.1; SPEC §5; docs/evaluation.md).
+
+  report = evaluate_robustness(model, variables, config, data_or_points, directory=workdir)
+  summary = svd_study(model, variables, config, data_or_points, directory=workdir)
+
+`evaluate_robustness` runs `config.evaluation.attacks` (clean, PGD, C&W, AutoAttack under
+L∞ and L2, the adaptive Table 4) and the gradient-masking checklist; `svd_study` the
+singular-value swap of §3.1. `command.run` serves `main.py --mode=eval|svd_study`.
+"""
+
+from siriib_jax.evaluation.adaptive import TABLE4_LOSSES, adaptive_pgd
+from siriib_jax.evaluation.checklist import CheckItem, run_checklist
+from siriib_jax.evaluation.report import Report, Row, to_markdown, write_report
+from siriib_jax.evaluation.robustness import evaluate_robustness, load_points
+from siriib_jax.evaluation.runner import select_points
+from siriib_jax.evaluation.suite import AttackSpec, logits_fn, outputs_fn, parse_spec
+from siriib_jax.evaluation.svd_study import svd_study, swap_accuracies
+
+__all__ = ["AttackSpec", "CheckItem", "Report", "Row", "TABLE4_LOSSES", "adaptive_pgd",
+           "evaluate_robustness", "load_points", "logits_fn", "outputs_fn", "parse_spec",
+           "run_checklist", "svd_study", "swap_accuracies", "select_points", "to_markdown",
+           "write_report"]

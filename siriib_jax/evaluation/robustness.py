@@ -1,0 +1,141 @@
+"""`evaluate_robustness`: every attack of `config.evaluation` on a model and its variables,
+the adaptive table, AutoAttack's cascade and the masking checklist (paper §5.1, §5.5,
+SPEC §5). See docs/evaluation.md.
+
+A point counts as robust to an attack when the model classifies both x and the attack's
+x_adv correctly (x is itself in the ball), so every robust accuracy is ≤ the clean one.
+"""
+
+from typing import Optional, Sequence, Union
+
+import jax
+import ml_collections
+import numpy as np
+
+from siriib_jax.data import InputPipeline
+from siriib_jax.evaluation import adaptive as adaptive_lib
+from siriib_jax.evaluation.checklist import run_checklist
+from siriib_jax.evaluation.report import Report, Row, to_markdown, write_report
+from siriib_jax.evaluation.runner import attack_key, predict, run_attack, select_points
+from siriib_jax.evaluation.suite import (AttackSpec, build_attack, logits_fn, outputs_fn,
+                                         parse_spec)
+
+Points = Union[InputPipeline, tuple[np.ndarray, np.ndarray]]
+
+
+def load_points(data: Points, evaluation: ml_collections.ConfigDict,
+                subset_size: Optional[int] = None) -> tuple[np.ndarray, np.ndarray]:
+  """Float32 images (N, H, W, C) in [0, 1] and labels (N,): `data`'s test split (all, or
+  a stratified subset of `subset_size`, default `evaluation.subset_size`, drawn with
+  `evaluation.seed`), or the given `(images, labels)` (uint8 or float)."""
+  if isinstance(data, InputPipeline):
+    size = evaluation.subset_size if subset_size is None else subset_size
+    images, labels = select_points(data, size, evaluation.seed)
+  else:
+    images, labels = data
+  images = np.asarray(images)
+  if images.dtype == np.uint8:
+    images = images.astype(np.float32) / 255.0
+  return images.astype(np.float32), np.asarray(labels, np.int32)
+
+
+def has_siriib(model, variables, x: np.ndarray) -> bool:
+  """Whether the model returns SiRIIB's `x_avg` (shape inference only, no compute)."""
+  output = jax.eval_shape(outputs_fn(model, variables), x[:1])
+  return getattr(output, "x_avg", None) is not None
+
+
+def _row(group, name, attack, label, family, spec: Optional[AttackSpec], robust, seconds):
+  steps = spec.steps if spec is not None and spec.steps else None
+  return Row(group=group, name=name, attack=attack, label=label, family=family,
+             norm=spec.norm if spec else None, eps=spec.eps if spec else None,
+             step_size=spec.step_size if spec else None, steps=steps,
+             accuracy=float(np.mean(robust)) if robust.size else 0.0,
+             robust=int(robust.sum()), total=int(robust.size), seconds=float(seconds))
+
+
+def _cascade(components, clean_correct) -> dict:
+  """AutoAttack's components in order: points attacked, broken, accuracy after."""
+  robust, out = int(clean_correct.sum()), {}
+  for name, part in components.items():
+    robust -= int(part.success.sum())
+    out[name] = {"attacked": int(part.attacked.sum()), "broken": int(part.success.sum()),
+                 "accuracy_after": robust / len(clean_correct)}
+  return out
+
+
+def _selection(data: Points, evaluation, subset_size: Optional[int]) -> str:
+  if not isinstance(data, InputPipeline):
+    return "given points"
+  size = evaluation.subset_size if subset_size is None else subset_size
+  return f"stratified subset, seed {evaluation.seed}" if size else "all test points"
+
+
+def evaluate_robustness(model, variables, config: ml_collections.ConfigDict, data: Points,
+                        attacks: Optional[Sequence[str]] = None,
+                        subset_size: Optional[int] = None,
+                        directory: Optional[str] = None,
+                        meta: Optional[dict] = None) -> Report:
+  """Evaluates `model` with `variables` under `config.evaluation`'s attacks.
+
+  Args:
+    model: a Flax module, `model.apply(variables, x, train=False)` -> logits (B, K) or a
+      `ModelOutput` (x in [0, 1], NHWC).
+    variables: its variables (`{'params', 'batch_stats'}`).
+    config: the experiment config; reads `config.evaluation`.
+    data: an `InputPipeline` (its test split) or `(images (N, H, W, C), labels (N,))`.
+    attacks: names (see `suite`; `clean`, `adaptive`), default `evaluation.attacks`.
+    subset_size: for an `InputPipeline`, overrides `evaluation.subset_size` (0 = all).
+    directory: if given, `robustness.json` / `.md` are written there and the table printed.
+    meta: extra entries for the report's `meta` (e.g. checkpoint and step).
+
+  Returns:
+    The `Report`.
+  """
+  evaluation = config.evaluation
+  attacks = tuple(evaluation.attacks if attacks is None else attacks)
+  x, y = load_points(data, evaluation, subset_size)
+  fn, batch_size = logits_fn(model, variables), evaluation.batch_size
+  clean_correct = predict(fn, x, batch_size) == y
+  rows, cascades = [], {}
+
+  def attack_row(group, name, attack_id, label, family, spec, attack, fn_attacked):
+    outcome = run_attack(attack, fn_attacked, x, y, attack_key(evaluation.seed, name),
+                         batch_size)
+    rows.append(_row(group, name, attack_id, label, family, spec,
+                     clean_correct & ~outcome.success, outcome.seconds))
+    if outcome.components:
+      cascades[name] = _cascade(outcome.components, clean_correct)
+
+  for name in attacks:
+    if name == "clean":
+      rows.append(_row("clean", "clean", "clean", "Clean", "clean", None, clean_correct, 0.0))
+    elif name != "adaptive":
+      spec = parse_spec(name, evaluation)
+      attack_row(spec.norm, name, spec.attack, spec.label, spec.family, spec,
+                 build_attack(spec, evaluation), fn)
+  if "adaptive" in attacks and has_siriib(model, variables, x):
+    threat, steps = evaluation.linf, evaluation.adaptive_steps
+    spec = AttackSpec(f"pgd{steps}", "linf", threat.eps, threat.step_size)
+    for loss in adaptive_lib.TABLE4_LOSSES:
+      attack = adaptive_lib.adaptive_pgd(loss, threat.eps, threat.step_size, steps,
+                                         restarts=evaluation.restarts,
+                                         unroll=evaluation.unroll)
+      attack_row("adaptive", f"adaptive:{loss}", loss, adaptive_lib.loss_label(loss),
+                 "adaptive", spec, attack, outputs_fn(model, variables))
+  checks = evaluation.checklist
+  if checks.large_eps > 0:
+    spec = AttackSpec(checks.large_eps_attack, "linf", checks.large_eps, checks.large_eps / 4)
+    attack_row("checklist", f"large-eps-{spec.attack}", spec.attack, spec.label, spec.family,
+               spec, build_attack(spec, evaluation), fn)
+
+  report_meta = {"num_points": int(len(y)), "seed": int(evaluation.seed),
+                 "selection": _selection(data, evaluation, subset_size),
+                 "class_counts": np.bincount(y).tolist(),
+                 "evaluation": evaluation.to_dict(), **(meta or {})}
+  report = Report(report_meta, rows, cascades,
+                  run_checklist(rows, cascades, evaluation.checklist))
+  if directory is not None:
+    write_report(report, directory)
+    print(to_markdown(report))
+  return report

@@ -1,0 +1,165 @@
+"""The SVD swap study (paper §3.1, Fig. 1–2): where attacks hide adversarial information.
+
+Per attack, each adversarial image's channels are decomposed `x_adv = U_adv Σ_adv V_advᵀ`
+and rebuilt with the clean singular values, `x_swap = U_adv Σ_clean V_advᵀ`
+(`svd.swap_singular_values`). If accuracy on `x_swap` is much higher than on `x_adv`, the
+attack hid its information mostly in the singular values. Accuracies here are plain
+(`argmax = y` on the image, clean misclassifications included); `x_swap` is not clipped
+to [0, 1] for the accuracy (it is for the pictures).
+
+Writes `svd_study.json`, `svd_study.md`, `svd_study_accuracy.png` (Fig. 1: solid bars
+x_adv, hatched bars x_swap) and `svd_study_images.png` (Fig. 2: rows x, then per attack
+of `grid_attacks` the attack, its swap `-S` and `D = (-S) − attack`).
+"""
+
+import json
+import os
+from typing import Optional
+
+import jax
+import matplotlib
+import ml_collections
+import numpy as np
+
+from siriib_jax.evaluation.robustness import Points, load_points
+from siriib_jax.evaluation.runner import attack_key, batches, predict, run_attack
+from siriib_jax.evaluation.suite import build_attack, logits_fn, parse_spec
+from siriib_jax.svd import swap_singular_values
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  pylint: disable=wrong-import-position
+
+_swap = jax.jit(swap_singular_values)
+
+
+def swap_images(x_adv: np.ndarray, x_ref: np.ndarray, batch_size: int) -> np.ndarray:
+  """`U_adv Σ_ref V_advᵀ` per image and channel, (N, H, W, C) float32, in batches."""
+  out = np.empty_like(x_adv, np.float32)
+  for i, index in batches(len(x_adv), batch_size):
+    real = slice(0, min(batch_size, len(x_adv) - i * batch_size))
+    out[index[real]] = np.asarray(_swap(x_adv[index], x_ref[index]))[real]
+  return out
+
+
+def swap_accuracies(fn, x_adv: np.ndarray, x_ref: np.ndarray, y: np.ndarray,
+                    batch_size: int) -> tuple[float, float, np.ndarray]:
+  """(accuracy on x_adv, accuracy on x_swap, x_swap) with the singular values of x_ref
+  (the clean images in the study; x_adv itself gives back x_adv, a sanity check)."""
+  x_swap = swap_images(x_adv, x_ref, batch_size)
+  return (float(np.mean(predict(fn, x_adv, batch_size) == y)),
+          float(np.mean(predict(fn, x_swap, batch_size) == y)), x_swap)
+
+
+def plot_accuracy(results: list[dict], clean: float, path: str) -> None:
+  """Fig. 1: per attack, accuracy on x_adv (solid) and on x_swap (hatched), in %."""
+  fig, ax = plt.subplots(figsize=(1.4 * len(results) + 2, 3.5))
+  where = np.arange(len(results))
+  ax.bar(where - 0.2, [100 * r["accuracy_adv"] for r in results], 0.4, label="x_adv",
+         color="tab:blue")
+  ax.bar(where + 0.2, [100 * r["accuracy_swap"] for r in results], 0.4,
+         label="x_swap = U_adv Σ_clean V_advᵀ", facecolor="white", edgecolor="tab:blue",
+         hatch="//")
+  ax.axhline(100 * clean, color="gray", linestyle="--", label="clean")
+  ax.set_xticks(where, [r["label"] for r in results])
+  ax.set_ylabel("accuracy (%)")
+  ax.set_ylim(0, 100)
+  ax.legend(fontsize="small", loc="upper right")
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def _difference(d: np.ndarray) -> np.ndarray:
+  """A signed difference image shown around grey, scaled per image to its largest |d|."""
+  return 0.5 + 0.5 * d / (np.abs(d).max(axis=(1, 2, 3), keepdims=True) + 1e-12)
+
+
+def plot_grid(x: np.ndarray, pictures: dict[str, tuple[np.ndarray, np.ndarray]],
+              path: str) -> None:
+  """Fig. 2: rows x, then for each attack label: x_adv, x_swap ("-S"), D = x_swap − x_adv
+  (scaled per image); one column per image."""
+  rows = [("x", x)]
+  for k, (label, (x_adv, x_swap)) in enumerate(pictures.items()):
+    rows += [(label, x_adv), (f"{label}-S", x_swap),
+             (f"D{k + 1}", _difference(x_swap - x_adv))]
+  n = len(x)
+  fig, axes = plt.subplots(len(rows), n, figsize=(1.1 * n + 0.9, 1.1 * len(rows)),
+                           squeeze=False)
+  for r, (label, images) in enumerate(rows):
+    for c in range(n):
+      axes[r, c].imshow(np.clip(images[c], 0, 1), interpolation="nearest")
+      axes[r, c].set_xticks([])
+      axes[r, c].set_yticks([])
+    axes[r, 0].set_ylabel(label, rotation=0, ha="right", va="center")
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def svd_study(model, variables, config: ml_collections.ConfigDict, data: Points,
+              subset_size: Optional[int] = None, directory: Optional[str] = None) -> dict:
+  """Runs `config.evaluation.svd_study`: per attack, accuracy on x_adv and on x_swap.
+
+  Args:
+    model, variables, data, subset_size: as `robustness.evaluate_robustness`.
+    config: reads `config.evaluation` (threat models, seed, batch size) and its
+      `svd_study` block (attacks, grid_attacks, grid_images).
+    directory: if given, the JSON, Markdown and the two PNGs are written there and the
+      table printed.
+
+  Returns:
+    {"num_points", "clean_accuracy", "results": [{name, label, norm, eps, accuracy_adv,
+    accuracy_swap}], "files": [...]}.
+  """
+  evaluation, study = config.evaluation, config.evaluation.svd_study
+  x, y = load_points(data, evaluation, subset_size)
+  fn, batch_size = logits_fn(model, variables), evaluation.batch_size
+  clean = float(np.mean(predict(fn, x, batch_size) == y))
+  results, pictures = [], {}
+  for name in study.attacks:
+    spec = parse_spec(name, evaluation)
+    outcome = run_attack(build_attack(spec, evaluation), fn, x, y,
+                         attack_key(evaluation.seed, name), batch_size)
+    accuracy_adv, accuracy_swap, x_swap = swap_accuracies(fn, outcome.x_adv, x, y,
+                                                          batch_size)
+    results.append({"name": name, "label": spec.label, "norm": spec.norm, "eps": spec.eps,
+                    "accuracy_adv": accuracy_adv, "accuracy_swap": accuracy_swap})
+    if name in study.grid_attacks:
+      shown = slice(0, study.grid_images)
+      pictures[spec.label] = (outcome.x_adv[shown], x_swap[shown])
+  summary = {"num_points": int(len(y)), "seed": int(evaluation.seed),
+             "clean_accuracy": clean, "results": results, "files": []}
+  if directory is not None:
+    summary["files"] = _write(summary, x[:study.grid_images], pictures, directory)
+  return summary
+
+
+def to_markdown(summary: dict) -> str:
+  lines = ["# SVD swap study (paper §3.1, Fig. 1)", "",
+           f"{summary['num_points']} test points, clean accuracy "
+           f"{100 * summary['clean_accuracy']:.2f}%.", "",
+           "| attack | norm | accuracy on x_adv (%) | accuracy on x_swap (%) | gain |",
+           "|---|---|---|---|---|"]
+  lines += [f"| {r['label']} | {r['norm']} | {100 * r['accuracy_adv']:.2f} | "
+            f"{100 * r['accuracy_swap']:.2f} | "
+            f"{100 * (r['accuracy_swap'] - r['accuracy_adv']):+.2f} |"
+            for r in summary["results"]]
+  return "\n".join(lines) + "\n"
+
+
+def _write(summary: dict, x: np.ndarray, pictures: dict, directory: str) -> list[str]:
+  os.makedirs(directory, exist_ok=True)
+  paths = [os.path.join(directory, name) for name in
+           ("svd_study.json", "svd_study.md", "svd_study_accuracy.png",
+            "svd_study_images.png")]
+  summary = {**summary, "files": paths}
+  with open(paths[0], "w") as f:
+    json.dump(summary, f, indent=2)
+  markdown = to_markdown(summary)
+  with open(paths[1], "w") as f:
+    f.write(markdown)
+  plot_accuracy(summary["results"], summary["clean_accuracy"], paths[2])
+  if pictures:
+    plot_grid(x, pictures, paths[3])
+  print(markdown)
+  return paths if pictures else paths[:3]
