@@ -6,6 +6,9 @@ Modes:
   train       train the configured model and strategy (resumes from `workdir`).
   complexity  print the parameters and MACs of the configured model (no workdir needed).
               `python -m siriib_jax.complexity` prints the rows of the paper's Tables 3, 5.
+  eval        evaluate the run's checkpoint (`config.evaluation`): robustness table and
+              masking checklist in `workdir/evaluation/` (docs/evaluation.md).
+  svd_study   the SVD swap study of paper §3.1 (Fig. 1-2) in `workdir/evaluation/`.
 """
 
 import logging as python_logging
@@ -19,12 +22,14 @@ from siriib_jax import complexity
 from siriib_jax.checkpointing import CheckpointError
 from siriib_jax.config_errors import ConfigError
 from siriib_jax.data import DatasetNotFoundError
+from siriib_jax.evaluation import command as evaluation_command
 from siriib_jax.train import NonFiniteLossError, train_and_evaluate
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "ml_collections config file.",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and metrics.")
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "complexity"], "What to run.")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "complexity", *evaluation_command.MODES],
+                          "What to run.")
 _MULTIHOST = flags.DEFINE_bool("multihost", False,
                                "Call jax.distributed.initialize() first (TPU pods, "
                                "multi-node GPU).")
@@ -48,9 +53,12 @@ def main(argv):
     print(complexity.describe(config))
     return
   if not _WORKDIR.value:
-    raise app.UsageError("--workdir is required for --mode=train.")
+    raise app.UsageError(f"--workdir is required for --mode={_MODE.value}.")
   try:
-    train_and_evaluate(config, _WORKDIR.value)
+    if _MODE.value in evaluation_command.MODES:
+      evaluation_command.run(_MODE.value, config, _WORKDIR.value)
+    else:
+      train_and_evaluate(config, _WORKDIR.value)
   except (ConfigError, DatasetNotFoundError, CheckpointError, NonFiniteLossError) as error:
     logging.error("%s", error)
     print(f"error: {error}", file=sys.stderr)
