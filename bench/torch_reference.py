@@ -1,0 +1,365 @@
+"""PyTorch eager reference of siriib_jax's CIFAR models and train steps (benchmarks only).
+
+Written from SPEC §1–4 (never from public code): CIFAR ResNet-18 (3×3 stem, no max-pool),
+ResNet-18-SR (SiRIIB: 4 SR blocks with rfft2 amplitude modulation, x_avg, c(·), p_i skips
+added to the stem conv output, stage 1 and stage 2), `L_svd` with `torch.linalg.svd`,
+`L_info`, `R_τ`, and the PGD-10 adversarial-training step (ε = 8/255, α = 2/255, random
+start, SGD momentum 0.9, weight decay 5e-4) as well as the plain (clean) step.
+
+Module names follow the Flax parameter tree, so `load_flax_variables` copies a siriib_jax
+model's variables into the PyTorch one (NHWC kernels → NCHW) for identical-weight checks.
+
+    python bench/torch_reference.py          # parameter counts, and logits vs siriib_jax
+
+torch is a benchmark-only dependency (bench/requirements.txt).
+"""
+
+import math
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2471, 0.2435, 0.2616)
+
+
+def _bn(channels: int) -> nn.BatchNorm2d:
+  return nn.BatchNorm2d(channels, eps=1e-5, momentum=0.1)
+
+
+def _conv3x3(cin: int, cout: int, stride: int = 1, bias: bool = False) -> nn.Conv2d:
+  return nn.Conv2d(cin, cout, 3, stride, 1, bias=bias)
+
+
+class BasicBlock(nn.Module):
+  """conv-BN-ReLU-conv-BN plus a (projected) shortcut, then ReLU."""
+
+  def __init__(self, cin: int, cout: int, stride: int):
+    super().__init__()
+    self.Conv_0 = _conv3x3(cin, cout, stride)
+    self.BatchNorm_0 = _bn(cout)
+    self.Conv_1 = _conv3x3(cout, cout)
+    self.BatchNorm_1 = _bn(cout)
+    self.project = stride != 1 or cin != cout
+    if self.project:
+      self.shortcut_conv = nn.Conv2d(cin, cout, 1, stride, bias=False)
+      self.shortcut_bn = _bn(cout)
+
+  def forward(self, x):
+    y = F.relu(self.BatchNorm_0(self.Conv_0(x)))
+    y = self.BatchNorm_1(self.Conv_1(y))
+    if self.project:
+      x = self.shortcut_bn(self.shortcut_conv(x))
+    return F.relu(x + y)
+
+
+class ResNet18(nn.Module):
+  """CIFAR ResNet-18 on normalised NCHW images; `skips[i]` is added to the stem conv
+  output (before its BN), stage 1's and stage 2's outputs."""
+
+  widths = (64, 128, 256, 512)
+  strides = (1, 2, 2, 2)
+  skip_targets = ((64, 1), (64, 1), (128, 2))  # (channels, stride)
+
+  def __init__(self, num_classes: int = 10):
+    super().__init__()
+    self.stem_conv = _conv3x3(3, 64)
+    self.stem_bn = _bn(64)
+    cin = 64
+    for s, (width, stride) in enumerate(zip(self.widths, self.strides)):
+      for i in range(2):
+        setattr(self, f"stage{s + 1}_block{i}", BasicBlock(cin, width, stride if i == 0 else 1))
+        cin = width
+    self.head = nn.Linear(512, num_classes)
+
+  def forward(self, x, skips: Sequence[torch.Tensor] = ()):
+    x = self.stem_conv(x)
+    if skips:
+      x = x + skips[0]
+    x = F.relu(self.stem_bn(x))
+    for s in range(4):
+      x = getattr(self, f"stage{s + 1}_block1")(getattr(self, f"stage{s + 1}_block0")(x))
+      if s < 2 and len(skips) > s + 1:
+        x = x + skips[s + 1]
+    return self.head(x.mean(dim=(2, 3)))
+
+
+class SRBlock(nn.Module):
+  """SR block (SPEC §1): 1×1 conv 3→12 (no bias), amplitude modulation of rfft2 by a 1×1
+  conv with bias (phase kept), fuse concat[y, z] 24→3 with a 1×1 conv and BN."""
+
+  def __init__(self, orth_channels: int = 12, eps: float = 1e-8):
+    super().__init__()
+    self.orthogonal = nn.Conv2d(3, orth_channels, 1, bias=False)
+    self.amplitude = nn.Conv2d(orth_channels, orth_channels, 1, bias=True)
+    self.fuse = nn.Conv2d(2 * orth_channels, 3, 1, bias=False)
+    self.fuse_bn = _bn(3)
+    self.eps = eps
+
+  def forward(self, x):
+    y = self.orthogonal(x)
+    h, w = y.shape[-2:]
+    spectrum = torch.fft.rfft2(y, dim=(-2, -1))
+    amplitude = torch.sqrt(spectrum.real**2 + spectrum.imag**2 + self.eps**2)
+    modulated = self.amplitude(amplitude)
+    z = torch.fft.irfft2(spectrum * (modulated / amplitude), s=(h, w), dim=(-2, -1))
+    return self.fuse_bn(self.fuse(torch.cat([y, z], dim=1)))
+
+
+def _resize(x, size: int):
+  if x.shape[-1] == size and x.shape[-2] == size:
+    return x
+  return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False,
+                       antialias=False)
+
+
+class SiRIIB(nn.Module):
+  """x_avg (mean of upsampled sigmoid SR outputs over the scales), c(·) (three 3×3
+  conv-BN-ReLU, 16→32→64) and the p_i (3×3 conv with bias, average-pooled to the target)."""
+
+  def __init__(self, targets, scales=(32, 24, 16, 8), num_skips: int = 3):
+    super().__init__()
+    self.scales = tuple(scales)
+    for i in range(len(self.scales)):
+      setattr(self, f"sr{i}", SRBlock())
+    self.extractor = nn.Module()
+    for i, (cin, cout) in enumerate(((3, 16), (16, 32), (32, 64))):
+      setattr(self.extractor, f"conv{i}", _conv3x3(cin, cout))
+      setattr(self.extractor, f"bn{i}", _bn(cout))
+    self.targets = tuple(targets[:num_skips])
+    for i, (channels, _) in enumerate(self.targets):
+      setattr(self, f"projection{i}", _conv3x3(64, channels, bias=True))
+
+  def forward(self, x):
+    size = x.shape[-1]
+    maps = [_resize(torch.sigmoid(getattr(self, f"sr{i}")(_resize(x, s))), size)
+            for i, s in enumerate(self.scales)]
+    x_avg = sum(maps) / len(maps)
+    h = x_avg
+    for i in range(3):
+      h = F.relu(getattr(self.extractor, f"bn{i}")(getattr(self.extractor, f"conv{i}")(h)))
+    features = []
+    for i, (_, stride) in enumerate(self.targets):
+      f = getattr(self, f"projection{i}")(h)
+      if stride > 1:
+        f = F.avg_pool2d(f, stride, stride)
+      features.append(f)
+    return x_avg, features
+
+
+class Classifier(nn.Module):
+  """Raw images in [0, 1] → (logits, x_avg, features); SiRIIB sees raw pixels,
+  the backbone `(x − mean) / std`. Input is NCHW."""
+
+  def __init__(self, siriib: bool, num_classes: int = 10):
+    super().__init__()
+    self.backbone = ResNet18(num_classes)
+    self.siriib = SiRIIB(ResNet18.skip_targets) if siriib else None
+    self.register_buffer("mean", torch.tensor(CIFAR10_MEAN).view(1, 3, 1, 1))
+    self.register_buffer("std", torch.tensor(CIFAR10_STD).view(1, 3, 1, 1))
+
+  def forward(self, x):
+    x_avg, features = None, []
+    if self.siriib is not None:
+      x_avg, features = self.siriib(x)
+    logits = self.backbone((x - self.mean) / self.std, features)
+    return logits, x_avg, features
+
+
+class LogitsOnly(nn.Module):
+  """Wraps a `Classifier` so that it returns logits only (for AutoAttack)."""
+
+  def __init__(self, model: nn.Module):
+    super().__init__()
+    self.model = model
+
+  def forward(self, x):
+    return self.model(x)[0]
+
+
+def count_parameters(model: nn.Module) -> int:
+  return sum(p.numel() for p in model.parameters())
+
+
+# ---------------------------------------------------------------------------- losses
+
+
+def mse_per_example(a, b):
+  return ((a - b) ** 2).flatten(1).mean(1)
+
+
+def svd_loss(x_avg, x_clean):
+  """(B,) `d(Σ_avg, Σ) + d(U_avg V_avgᵀ, U Vᵀ) + d(x_avg, x_clean)` per image and channel
+  (NCHW: the matrices are the H×W of each channel)."""
+  u_a, s_a, vh_a = torch.linalg.svd(x_avg, full_matrices=False)
+  u_c, s_c, vh_c = torch.linalg.svd(x_clean, full_matrices=False)
+  return (mse_per_example(s_a, s_c) + mse_per_example(u_a @ vh_a, u_c @ vh_c) +
+          mse_per_example(x_avg, x_clean))
+
+
+def orthogonality_penalty(model: Classifier):
+  total = 0.0
+  for name, p in model.named_parameters():
+    if name.endswith("orthogonal.weight"):
+      w = p.reshape(p.shape[0], -1).t()  # (in=3, out=12), as the Flax kernel.
+      total = total + ((w @ w.t() - torch.eye(w.shape[0])) ** 2).sum()
+  return total
+
+
+# ---------------------------------------------------------------------------- steps
+
+
+def augment(images: torch.Tensor, generator: torch.Generator, padding: int = 4):
+  """Random crop after zero padding and horizontal flip; NCHW float in [0, 1]."""
+  b, _, h, w = images.shape
+  padded = F.pad(images, (padding,) * 4)
+  offsets = torch.randint(0, 2 * padding + 1, (b, 2), generator=generator)
+  flips = torch.rand(b, generator=generator) < 0.5
+  out = torch.empty_like(images)
+  for i in range(b):
+    crop = padded[i, :, offsets[i, 0]:offsets[i, 0] + h, offsets[i, 1]:offsets[i, 1] + w]
+    out[i] = crop.flip(-1) if flips[i] else crop
+  return out
+
+
+def _set_bn_momentum(model: nn.Module, momentum: Optional[float]):
+  for m in model.modules():
+    if isinstance(m, nn.BatchNorm2d):
+      m.momentum = momentum
+
+
+def pgd_linf(model: Classifier, x, y, eps=8 / 255, alpha=2 / 255, steps=10,
+             generator: Optional[torch.Generator] = None):
+  """PGD-k on the cross-entropy from a uniform random start; BatchNorm on batch statistics
+  (train mode) without updating the running ones (momentum 0), as siriib_jax's
+  `attack.batch_norm='train'`. Only the input gradient is computed."""
+  _set_bn_momentum(model, 0.0)
+  try:
+    delta = (torch.rand(x.shape, generator=generator) * 2 - 1) * eps
+    x_adv = (x + delta).clamp(0, 1)
+    for _ in range(steps):
+      x_adv.requires_grad_(True)
+      loss = F.cross_entropy(model(x_adv)[0], y, reduction="sum")
+      grad, = torch.autograd.grad(loss, x_adv)
+      x_adv = x_adv.detach() + alpha * grad.sign()
+      x_adv = torch.min(torch.max(x_adv, x - eps), x + eps).clamp(0, 1)
+  finally:
+    _set_bn_momentum(model, 0.1)
+  return x_adv.detach()
+
+
+class TrainStep:
+  """One PGD-AT (or plain, `attack_steps=0`) SGD step of a `Classifier`, with SiRIIB's
+  `L = CE(x_adv) + λ1 (L_svd + L_info) + λ2 R_τ` when the model has SiRIIB (the clean
+  forward pass runs first, then the adversarial one, as in siriib_jax)."""
+
+  def __init__(self, model: Classifier, attack_steps: int = 10, lambda1: float = 20.0,
+               lambda2: float = 1e-4, seed: int = 0):
+    self.model = model
+    self.attack_steps = attack_steps
+    self.lambda1, self.lambda2 = lambda1, lambda2
+    self.optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9,
+                                     weight_decay=5e-4)
+    self.generator = torch.Generator().manual_seed(seed)
+
+  def __call__(self, images_uint8_nchw: torch.Tensor, labels: torch.Tensor) -> float:
+    model = self.model
+    model.train()
+    x = augment(images_uint8_nchw.float() / 255.0, self.generator)
+    x_adv = x
+    if self.attack_steps:
+      x_adv = pgd_linf(model, x, labels, steps=self.attack_steps, generator=self.generator)
+    self.optimizer.zero_grad(set_to_none=True)
+    if model.siriib is not None:
+      _, _, features_clean = model(x)
+      logits, x_avg, features_adv = model(x_adv)
+      l_svd = svd_loss(x_avg, x)
+      l_info = sum(mse_per_example(a, c) for a, c in zip(features_adv, features_clean))
+      loss = (F.cross_entropy(logits, labels) + self.lambda1 * (l_svd + l_info).mean() +
+              self.lambda2 * orthogonality_penalty(model))
+    else:
+      logits, _, _ = model(x_adv)
+      loss = F.cross_entropy(logits, labels)
+    loss.backward()
+    self.optimizer.step()
+    return float(loss)
+
+
+# ---------------------------------------------------------------------------- flax → torch
+
+
+def _flatten(tree, prefix=()):
+  out = {}
+  for k, v in tree.items():
+    if isinstance(v, dict) or hasattr(v, "items"):
+      out.update(_flatten(v, prefix + (k,)))
+    else:
+      out[prefix + (k,)] = v
+  return out
+
+
+@torch.no_grad()
+def load_flax_variables(model: nn.Module, variables) -> None:
+  """Copies Flax `{'params', 'batch_stats'}` into `model`, whose module paths match the
+  Flax ones (conv kernels HWIO → OIHW, dense (in, out) → (out, in)). Every parameter and
+  BatchNorm buffer must be matched exactly once."""
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  params = _flatten(variables["params"])
+  stats = _flatten(variables.get("batch_stats", {}))
+  modules = dict(model.named_modules())
+  used = set()
+  for path, value in params.items():
+    module = modules[".".join(path[:-1])]
+    value = np.asarray(value, dtype=np.float32)
+    name = path[-1]
+    if name == "kernel":
+      value = value.transpose(3, 2, 0, 1) if value.ndim == 4 else value.T
+      target = module.weight
+    elif name == "scale":
+      target = module.weight
+    elif name == "bias":
+      target = module.bias
+    else:
+      raise KeyError(path)
+    if tuple(target.shape) != value.shape:
+      raise ValueError(f"{path}: {tuple(target.shape)} vs {value.shape}")
+    target.copy_(torch.from_numpy(np.array(value, dtype=np.float32)))
+    used.add(id(target))
+  for path, value in stats.items():
+    module = modules[".".join(path[:-1])]
+    buffer = {"mean": module.running_mean, "var": module.running_var}[path[-1]]
+    buffer.copy_(torch.from_numpy(np.array(value, dtype=np.float32)))
+  missing = [n for n, p in model.named_parameters() if id(p) not in used]
+  if missing:
+    raise ValueError(f"parameters without a Flax value: {missing}")
+
+
+def _main():
+  import sys  # pylint: disable=import-outside-toplevel
+  import os  # pylint: disable=import-outside-toplevel
+  sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+  import jax  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  from configs.default import get_config  # pylint: disable=import-outside-toplevel
+  from siriib_jax.models import create_model  # pylint: disable=import-outside-toplevel
+  for siriib in (False, True):
+    config = get_config()
+    config.model.siriib.enabled = siriib
+    flax_model = create_model(config.model, 32)
+    x = np.random.RandomState(0).rand(8, 32, 32, 3).astype(np.float32)
+    variables = flax_model.init(jax.random.PRNGKey(0), x)
+    n_flax = sum(v.size for v in jax.tree.leaves(variables["params"]))
+    model = Classifier(siriib)
+    load_flax_variables(model, variables)
+    model.eval()
+    with torch.no_grad():
+      logits_t = model(torch.from_numpy(x).permute(0, 3, 1, 2))[0].numpy()
+    logits_j = np.asarray(flax_model.apply(variables, x).logits)
+    print(f"{'ResNet-18-SR' if siriib else 'ResNet-18'}: params torch {count_parameters(model):,}"
+          f" flax {n_flax:,}; eval logits max |diff| {np.abs(logits_t - logits_j).max():.2e}")
+
+
+if __name__ == "__main__":
+  _main()
