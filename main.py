@@ -18,9 +18,11 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from configs import default as default_config
 from siriib_jax import complexity
 from siriib_jax.checkpointing import CheckpointError
 from siriib_jax.config_errors import ConfigError
+from siriib_jax.config_validation import check_known_keys
 from siriib_jax.data import DatasetNotFoundError
 from siriib_jax.evaluation import command as evaluation_command
 from siriib_jax.train import NonFiniteLossError, train_and_evaluate
@@ -49,12 +51,13 @@ def main(argv):
   if _MULTIHOST.value:
     jax.distributed.initialize()
   config = _CONFIG.value
-  if _MODE.value == "complexity":
-    print(complexity.describe(config))
-    return
-  if not _WORKDIR.value:
-    raise app.UsageError(f"--workdir is required for --mode={_MODE.value}.")
   try:
+    check_known_keys(config, default_config.get_config())
+    if _MODE.value == "complexity":
+      print(complexity.describe(config))
+      return
+    if not _WORKDIR.value:
+      raise app.UsageError(f"--workdir is required for --mode={_MODE.value}.")
     if _MODE.value in evaluation_command.MODES:
       evaluation_command.run(_MODE.value, config, _WORKDIR.value)
     else:

@@ -37,13 +37,15 @@ class Checkpoints:
         os.path.join(root, "best"),
         options=ocp.CheckpointManagerOptions(max_to_keep=1, best_fn=lambda m: m["pgd"],
                                              best_mode="max"))
+    self._best_pgd = None
 
   def best_metric(self) -> float:
     """The validation PGD accuracy of the best checkpoint so far (−inf if none)."""
-    step = self.best.best_step()
-    if step is None:
-      return -np.inf
-    return float(self.best.metrics(step)["pgd"])
+    if self._best_pgd is None:
+      step = self.best.best_step()
+      metrics = None if step is None else self.best.metrics(step)
+      self._best_pgd = -np.inf if not metrics else float(metrics["pgd"])
+    return self._best_pgd
 
   def restore_latest(self, abstract_state):
     """The latest `last/` checkpoint as `abstract_state`'s structure and shardings, or None.
@@ -84,6 +86,7 @@ class Checkpoints:
     if pgd_accuracy <= self.best_metric():
       return False
     self.best.save(step, args=ocp.args.StandardSave(state), metrics={"pgd": pgd_accuracy})
+    self._best_pgd = pgd_accuracy
     return True
 
   def close(self) -> None:

@@ -1,9 +1,11 @@
 """`validate_config`: every config value checked before anything is read or compiled."""
 
+import difflib
+
 import jax
 import ml_collections
 
-from siriib_jax.config_errors import fail
+from siriib_jax.config_errors import ConfigError, fail
 from siriib_jax.data import validate_dataset_config
 from siriib_jax.models import validate_model_config
 from siriib_jax.strategies import validate_strategy_config
@@ -42,13 +44,27 @@ def validate_training_config(config: ml_collections.ConfigDict) -> None:
          "it must be increasing positive epochs, e.g. (100, 150)")
   if not 0 < o.decay_factor <= 1:
     fail("optimizer.decay_factor", o.decay_factor, "it must be in (0, 1]")
-  if not isinstance(config.half_precision, bool):
-    fail("half_precision", config.half_precision, "it must be True or False")
   for key in ("lambda1", "lambda2"):
     if config.loss[key] < 0:
       fail(f"loss.{key}", config.loss[key], "it must be ≥ 0")
   if config.loss.svd_eps <= 0:
     fail("loss.svd_eps", config.loss.svd_eps, "it must be > 0")
+
+
+def check_known_keys(config: ml_collections.ConfigDict, reference: ml_collections.ConfigDict,
+                     prefix: str = "") -> None:
+  """Every key of `config` must exist in `reference` (the defaults): catches typos in a
+  config file, which ml_collections would otherwise keep silently."""
+  for key, value in config.items():
+    path = f"{prefix}{key}"
+    if key not in reference:
+      close = difflib.get_close_matches(key, list(reference.keys()), n=1)
+      hint = f"; did you mean config.{prefix}{close[0]}?" if close else ""
+      raise ConfigError(f"config.{path} is not a known key{hint} The keys are those of "
+                        f"configs/default.py.")
+    if isinstance(value, ml_collections.ConfigDict) and isinstance(reference[key],
+                                                                    ml_collections.ConfigDict):
+      check_known_keys(value, reference[key], prefix=f"{path}.")
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:

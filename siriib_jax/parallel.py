@@ -6,6 +6,8 @@ i.e. synchronised over devices). Several hosts join through `jax.distributed.ini
 before anything else touches a device (`main.py --multihost`).
 """
 
+from typing import Optional, Sequence
+
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
@@ -13,9 +15,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 DATA_AXIS = "data"
 
 
-def data_mesh() -> Mesh:
-  """A 1-D mesh over every device of every host."""
-  return Mesh(np.asarray(jax.devices()), (DATA_AXIS,))
+def data_mesh(devices: Optional[Sequence[jax.Device]] = None) -> Mesh:
+  """A 1-D mesh over `devices`, by default every device of every host."""
+  return Mesh(np.asarray(jax.devices() if devices is None else devices), (DATA_AXIS,))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

@@ -22,6 +22,10 @@ from siriib_jax.train_state import TrainState, learning_rate_schedule
 _AWP_EPS = 1e-20
 
 
+def _all_finite(tree) -> jnp.ndarray:
+  return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)]))
+
+
 def attack_logits_fn(model, variables, batch_norm: str) -> Callable:
   """`x -> logits` for attacks: BatchNorm on batch (`train`) or running (`eval`)
   statistics; the running statistics are never updated."""
@@ -56,7 +60,7 @@ def make_train_step(model, strategy: Strategy, config: ml_collections.ConfigDict
   `batch`: `image` (B, H, W, C) uint8, `label` (B,), and `index` (B,) into the training
   set for TE. Randomness is `fold_in(key, state.step)`, so a resumed run repeats it.
   Metrics are batch means; `finite` is 0 when the update was skipped for a non-finite
-  loss or gradient (the state then stays as it was).
+  loss, gradient or updated parameter (the state then stays as it was).
   """
   use_siriib = config.model.siriib.enabled
   schedule = learning_rate_schedule(config, steps_per_epoch)
@@ -121,8 +125,7 @@ def make_train_step(model, strategy: Strategy, config: ml_collections.ConfigDict
       updated = config.te_alpha * state.ensemble[index] + (1 - config.te_alpha) * probs
       new_state = new_state.replace(ensemble=state.ensemble.at[index].set(updated))
 
-    finite = jnp.isfinite(total) & jnp.all(jnp.asarray(
-        [jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
+    finite = jnp.isfinite(total) & _all_finite(grads) & _all_finite(new_state.params)
     new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
     metrics.update(loss=total, finite=finite.astype(jnp.float32),
                    learning_rate=schedule(state.step))

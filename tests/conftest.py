@@ -3,6 +3,7 @@
 import os
 import sys
 
+import jax
 import pytest
 
 # The repository root holds `configs/`, which tests import like main.py does.
@@ -11,6 +12,43 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs import default  # noqa: E402  pylint: disable=wrong-import-position
 
 
+# Tests build the same small steps again and again (each `train_and_evaluate` jits anew):
+# a persistent compilation cache lets XLA compile each of them once per session.
+jax.config.update("jax_compilation_cache_dir",
+                  os.path.join(os.environ.get("TMPDIR", "/tmp"), "siriib_jax_test_xla_cache"))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
 @pytest.fixture
 def config():
   return default.get_config()
+
+
+def tiny_training_config(data_dir: str):
+  """A config whose step compiles quickly: ResNet-18 × 1/8, two SiRIIB scales, a 1-step
+  rolled attack, batch 8, on the `npz` dataset in `data_dir` (see `write_npz_dataset`)."""
+  config = default.get_config()
+  config.dataset.name = "npz"
+  config.dataset.data_dir = data_dir
+  config.dataset.validation_size = 10
+  config.model.width_multiplier = 0.125
+  config.model.siriib.scales = (32, 16)
+  config.attack.steps = 1
+  config.attack.unroll = False
+  config.eval_pgd_steps = 1
+  config.batch_size = 8
+  config.num_epochs = 2
+  config.log_every_steps = 1
+  return config
+
+
+def write_npz_dataset(directory, num_train: int = 34, num_test: int = 16, seed: int = 0):
+  """Random 32×32 images with 10 balanced labels, as `{directory}/{train,test}.npz`."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(seed)
+  os.makedirs(directory, exist_ok=True)
+  for split, n in (("train", num_train), ("test", num_test)):
+    np.savez(os.path.join(directory, f"{split}.npz"),
+             image=rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8),
+             label=np.arange(n) % 10)
+  return str(directory)

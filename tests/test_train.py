@@ -1,0 +1,159 @@
+"""Training: one step per strategy, resume, preemption, non-finite losses, bad input."""
+
+import os
+import signal
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from conftest import tiny_training_config, write_npz_dataset
+from siriib_jax import train as train_lib
+from siriib_jax.checkpointing import load_variables
+from siriib_jax.data import InputPipeline
+from siriib_jax.strategies import STRATEGY_NAMES
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture
+def npz_dir(tmp_path):
+  return write_npz_dataset(tmp_path / "data")
+
+
+def _mock_cifar10(data_dir):
+  """Registers cifar10 as prepared under `data_dir` so that `mock_data` serves it."""
+  builder = tfds.builder("cifar10", data_dir=data_dir)
+  builder.info.set_splits(tfds.core.SplitDict([
+      tfds.core.SplitInfo(name=s, shard_lengths=[n], num_bytes=0)
+      for s, n in (("train", 50000), ("test", 10000))]))
+  builder.data_path.mkdir(parents=True)
+  builder.info.write_to_directory(builder.data_path)
+
+
+@pytest.mark.parametrize("strategy", STRATEGY_NAMES)
+def test_one_step_of_each_strategy_on_mock_cifar10(tmp_path, npz_dir, strategy):
+  config = tiny_training_config(npz_dir)
+  config.dataset.name = "cifar10"
+  config.dataset.data_dir = str(tmp_path / "tfds")
+  config.strategy = strategy
+  config.max_steps = 1
+  _mock_cifar10(config.dataset.data_dir)
+  with tfds.testing.mock_data(num_examples=42, policy=tfds.testing.MockPolicy.USE_FILES,
+                              data_dir=config.dataset.data_dir):
+    summary = train_lib.train_and_evaluate(config, str(tmp_path / "run"))
+  assert summary["status"] == "completed" and summary["step"] == 1
+  variables, step = load_variables(str(tmp_path / "run"), "last")
+  assert step == 1
+  assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(variables))
+
+
+def _run(config, workdir, **overrides):
+  for key, value in overrides.items():
+    config[key] = value
+  return train_lib.train_and_evaluate(config, str(workdir))
+
+
+def test_killed_and_resumed_run_is_bit_identical(tmp_path, npz_dir, monkeypatch):
+  config = tiny_training_config(npz_dir)  # 24 training examples: 3 steps per epoch.
+  config.strategy = "te"  # Its per-example ensemble must survive the restart too.
+  straight = _run(config, tmp_path / "straight", max_steps=5)
+  assert straight["status"] == "completed" and straight["step"] == 5
+
+  original = InputPipeline.train_batch
+
+  def preempt_at_step_2(self, step):
+    if step == 2:
+      os.kill(os.getpid(), signal.SIGTERM)
+    return original(self, step)
+
+  monkeypatch.setattr(InputPipeline, "train_batch", preempt_at_step_2)
+  killed = _run(config, tmp_path / "resumed", max_steps=5)
+  assert killed["status"] == "preempted" and killed["step"] == 3
+  monkeypatch.setattr(InputPipeline, "train_batch", original)
+  resumed = _run(config, tmp_path / "resumed", max_steps=5)
+  assert resumed["status"] == "completed" and resumed["step"] == 5
+
+  a, _ = load_variables(str(tmp_path / "straight"), "last")
+  b, _ = load_variables(str(tmp_path / "resumed"), "last")
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+    np.testing.assert_array_equal(x, y)
+
+
+def test_best_checkpoint_follows_validation_pgd(tmp_path, npz_dir):
+  config = tiny_training_config(npz_dir)
+  summary = _run(config, tmp_path / "run")
+  assert summary["step"] == 6 and set(summary["validation"]) == {"clean", "pgd"}
+  assert summary["best_validation_pgd"] >= summary["validation"]["pgd"]
+  _, best_step = load_variables(str(tmp_path / "run"), "best")
+  assert best_step in (3, 6)
+  with open(tmp_path / "run" / "summary.json") as f:
+    assert '"status": "completed"' in f.read()
+
+
+def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, npz_dir):
+  config = tiny_training_config(npz_dir)
+  workdir = tmp_path / "run"
+  _run(config, workdir, max_steps=3)  # One epoch: a good checkpoint at step 3.
+  good, _ = load_variables(str(workdir), "last")
+  config.optimizer.learning_rate = 1e30
+  with pytest.raises(train_lib.NonFiniteLossError, match="last good checkpoint"):
+    _run(config, workdir, max_steps=6)
+  kept, step = load_variables(str(workdir), "last")
+  assert step == 3
+  for x, y in zip(jax.tree.leaves(good), jax.tree.leaves(kept), strict=True):
+    np.testing.assert_array_equal(x, y)
+
+
+_SHARDING_SCRIPT = """
+import os, sys
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+sys.path.insert(0, {repo!r}); sys.path.insert(0, os.path.join({repo!r}, "tests"))
+import jax, numpy as np
+from conftest import tiny_training_config, write_npz_dataset
+from siriib_jax import parallel
+from siriib_jax.config_errors import ConfigError
+from siriib_jax.config_validation import validate_config
+from siriib_jax.models import create_model
+from siriib_jax.strategies import get_strategy
+from siriib_jax.train_state import create_train_state
+from siriib_jax.train_step import make_train_step
+assert jax.device_count() == 8
+config = tiny_training_config(write_npz_dataset({data!r}))
+model = create_model(config.model, 32)
+step_fn = make_train_step(model, get_strategy(config), config, steps_per_epoch=3)
+rng = np.random.default_rng(0)
+batch = {{"image": rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8),
+         "label": rng.integers(0, 10, 8).astype(np.int32), "index": np.arange(8)}}
+results = []
+for devices in (jax.devices()[:1], jax.devices()):
+  mesh = parallel.data_mesh(devices)
+  state = jax.device_put(create_train_state(model, config, jax.random.key(0), (32, 32, 3), 3, 24),
+                         parallel.replicated(mesh))
+  step = jax.jit(step_fn, in_shardings=(parallel.replicated(mesh), parallel.batch_sharded(mesh),
+                 parallel.replicated(mesh)))
+  sharded = parallel.global_batch(batch, mesh)
+  assert len(sharded["image"].sharding.device_set) == len(devices)
+  state, _ = step(state, sharded, jax.random.key(1))
+  state, metrics = step(state, sharded, jax.random.key(1))
+  results.append(jax.device_get((state.params, state.batch_stats, metrics["loss"])))
+for a, b in zip(jax.tree.leaves(results[0]), jax.tree.leaves(results[1])):
+  np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)
+config.batch_size = 12
+try:
+  validate_config(config)
+  raise SystemExit("batch 12 on 8 devices was accepted")
+except ConfigError as error:
+  assert "config.batch_size" in str(error) and "8" in str(error), error
+print("OK")
+"""
+
+
+def test_sharded_step_on_8_devices_equals_the_single_device_step(tmp_path):
+  script = _SHARDING_SCRIPT.format(repo=REPO, data=str(tmp_path))
+  result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=900, check=False)
+  assert result.returncode == 0 and result.stdout.strip().endswith("OK"), result.stderr[-3000:]
