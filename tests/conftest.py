@@ -52,3 +52,15 @@ def write_npz_dataset(directory, num_train: int = 34, num_test: int = 16, seed: 
              image=rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8),
              label=np.arange(n) % 10)
   return str(directory)
+
+
+def register_prepared_cifar10(data_dir) -> None:
+  """Writes cifar10's metadata under `data_dir` so that it counts as prepared; with
+  `tfds.testing.mock_data(policy=USE_FILES, data_dir=...)` its examples are then mocked."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  builder = tfds.builder("cifar10", data_dir=data_dir)
+  builder.info.set_splits(tfds.core.SplitDict([
+      tfds.core.SplitInfo(name=s, shard_lengths=[n], num_bytes=0)
+      for s, n in (("train", 50000), ("test", 10000))]))
+  builder.data_path.mkdir(parents=True)
+  builder.info.write_to_directory(builder.data_path)

@@ -15,6 +15,7 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from configs import default
+from conftest import register_prepared_cifar10
 from siriib_jax import config_errors
 from siriib_jax import data
 from siriib_jax.data import prepare
@@ -62,12 +63,7 @@ def npz_pipeline(npz_dir, batch=40, seed=0, process_index=0, process_count=1, **
 
 
 def test_tfds_data_source_route_with_mock_data(tmp_path):
-  builder = tfds.builder("cifar10", data_dir=tmp_path)
-  builder.info.set_splits(tfds.core.SplitDict([
-      tfds.core.SplitInfo(name=s, shard_lengths=[n], num_bytes=0)
-      for s, n in (("train", 50000), ("test", 10000))]))
-  builder.data_path.mkdir(parents=True)
-  builder.info.write_to_directory(builder.data_path)  # Metadata only: "prepared", data mocked.
+  register_prepared_cifar10(tmp_path)
   config = dataset_config(data_dir=str(tmp_path), validation_size=10)
   with tfds.testing.mock_data(num_examples=60, policy=tfds.testing.MockPolicy.USE_FILES,
                               data_dir=str(tmp_path)):

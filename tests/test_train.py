@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from conftest import tiny_training_config, write_npz_dataset
+from conftest import register_prepared_cifar10, tiny_training_config, write_npz_dataset
 from siriib_jax import train as train_lib
 from siriib_jax.checkpointing import load_variables
 from siriib_jax.data import InputPipeline
@@ -24,16 +24,6 @@ def npz_dir(tmp_path):
   return write_npz_dataset(tmp_path / "data")
 
 
-def _mock_cifar10(data_dir):
-  """Registers cifar10 as prepared under `data_dir` so that `mock_data` serves it."""
-  builder = tfds.builder("cifar10", data_dir=data_dir)
-  builder.info.set_splits(tfds.core.SplitDict([
-      tfds.core.SplitInfo(name=s, shard_lengths=[n], num_bytes=0)
-      for s, n in (("train", 50000), ("test", 10000))]))
-  builder.data_path.mkdir(parents=True)
-  builder.info.write_to_directory(builder.data_path)
-
-
 @pytest.mark.parametrize("strategy", STRATEGY_NAMES)
 def test_one_step_of_each_strategy_on_mock_cifar10(tmp_path, npz_dir, strategy):
   config = tiny_training_config(npz_dir)
@@ -41,7 +31,7 @@ def test_one_step_of_each_strategy_on_mock_cifar10(tmp_path, npz_dir, strategy):
   config.dataset.data_dir = str(tmp_path / "tfds")
   config.strategy = strategy
   config.max_steps = 1
-  _mock_cifar10(config.dataset.data_dir)
+  register_prepared_cifar10(config.dataset.data_dir)
   with tfds.testing.mock_data(num_examples=42, policy=tfds.testing.MockPolicy.USE_FILES,
                               data_dir=config.dataset.data_dir):
     summary = train_lib.train_and_evaluate(config, str(tmp_path / "run"))
