@@ -16,9 +16,11 @@ import pytest
 from conftest import tiny_training_config, write_npz_dataset
 from siriib_jax import train as train_lib
 from siriib_jax.data import InputPipeline
-from siriib_jax.evaluation import (adaptive_pgd, evaluate_robustness, logits_fn, outputs_fn,
-                                   swap_accuracies, select_points)
-from siriib_jax.models import create_model
+from siriib_jax.evaluation import (TABLE4_LOSSES, Target, adaptive_pgd, evaluate_robustness,
+                                   logits_fn, loss_weights, outputs_fn, select_points,
+                                   swap_accuracies)
+from siriib_jax.models import Classifier, ModelOutput, SiRIIB
+from siriib_jax.models.wide_resnet import WideResNet
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -40,7 +42,7 @@ def _points(model, n=32, seed=0):
   """Images in (0.2, 0.8) labelled with the model's own predictions (clean accuracy 1)."""
   x = np.random.default_rng(seed).uniform(0.2, 0.8, (n, 8, 8, 3)).astype(np.float32)
   variables = model.init(jax.random.key(seed), x[:1])
-  return variables, x, np.asarray(jnp.argmax(model.apply(variables, x), -1))
+  return variables, x, np.asarray(jnp.argmax(logits_fn(model, variables)(x), -1))
 
 
 def _fast(config):
@@ -120,22 +122,55 @@ def test_swap_with_own_singular_values_changes_nothing():
   assert np.abs(x_clean_swap - x_adv).max() > 1e-2  # The clean Σ does change the image.
 
 
-def test_adaptive_attack_on_tiny_siriib_stays_in_the_ball(config):
-  config.model.width_multiplier = 0.125
-  config.model.siriib.scales = (16, 8)
-  model = create_model(config.model, 16)
-  x = np.random.default_rng(0).uniform(0, 1, (4, 16, 16, 3)).astype(np.float32)
-  y = np.arange(4)
+class SiriibLike(nn.Module):
+  """The outputs of a SiRIIB classifier at a fraction of its compile time: `x_avg` =
+  sigmoid(conv(x)), one skip feature `f = conv(x_avg)`, logits from x and f."""
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    del train
+    x_avg = nn.sigmoid(nn.Conv(3, (3, 3))(x))
+    feature = nn.Conv(4, (3, 3))(x_avg)
+    hidden = jnp.concatenate([x, feature], axis=-1).reshape(x.shape[0], -1)
+    return ModelOutput(nn.Dense(10)(hidden), x_avg, (feature,))
+
+
+def _adaptive_stays_in_the_ball(model, x, y):
   variables = model.init(jax.random.key(0), x[:1])
   eps = 8 / 255
-  attack = jax.jit(adaptive_pgd("ce+svd+info", eps, 2 / 255, steps=2, unroll=False))
-  result = attack(outputs_fn(model, variables), x, y, jax.random.key(1))
-  x_adv = np.asarray(result.x_adv)
-  assert np.abs(x_adv - x).max() <= eps + 1e-6
-  assert x_adv.min() >= 0 and x_adv.max() <= 1
-  assert np.abs(x_adv - x).max() > eps / 2  # It moved.
+  attack = jax.jit(adaptive_pgd(eps, 2 / 255, steps=1, unroll=False))
+  for loss in ("svd", "info", "ce+svd+info"):
+    result = attack(Target(outputs_fn(model, variables), loss_weights(loss)), x, y,
+                    jax.random.key(1))
+    x_adv = np.asarray(result.x_adv)
+    assert np.abs(x_adv - x).max() <= eps + 1e-6
+    assert x_adv.min() >= 0 and x_adv.max() <= 1
+    assert np.abs(x_adv - x).max() > eps / 2  # It moved.
+
+
+def test_adaptive_table_on_a_siriib_like_model(config):
+  model = SiriibLike()
+  variables, x, y = _points(model, n=16)
+  _adaptive_stays_in_the_ball(model, x[:4], y[:4])
+  config.evaluation.adaptive_steps = 3
+  report = evaluate_robustness(model, variables, _fast(config), (x, y),
+                               attacks=("clean", "adaptive"))
+  adaptive = [r for r in report.rows if r.group == "adaptive"]
+  assert [r.attack for r in adaptive] == list(TABLE4_LOSSES)
+  assert adaptive[-1].label == "L_CE + L_svd + L_info" and adaptive[0].steps == 3
+  item = next(c for c in report.checklist if c.name == "adaptive")
+  assert item.passed is not None and set(item.values) == set(TABLE4_LOSSES)
   with pytest.raises(ValueError, match="terms"):
-    adaptive_pgd("ce+kl", eps, 2 / 255, 1)
+    loss_weights("ce+kl")
+
+
+@pytest.mark.slow
+def test_adaptive_attack_on_a_tiny_siriib_model_stays_in_the_ball():
+  # WRN-10-1 × 1/4 with SiRIIB at two scales: the smallest real SiRIIB classifier.
+  model = Classifier(WideResNet(depth=10, widen_factor=1, width_multiplier=0.25),
+                     SiRIIB(scales=(8, 4)))
+  x = np.random.default_rng(0).uniform(0, 1, (2, 8, 8, 3)).astype(np.float32)
+  _adaptive_stays_in_the_ball(model, x, np.arange(2))
 
 
 @pytest.mark.slow

@@ -8,7 +8,7 @@ L∞ and L2, the adaptive Table 4) and the gradient-masking checklist; `svd_stud
 singular-value swap of §3.1. `command.run` serves `main.py --mode=eval|svd_study`.
 """
 
-from siriib_jax.evaluation.adaptive import TABLE4_LOSSES, adaptive_pgd
+from siriib_jax.evaluation.adaptive import TABLE4_LOSSES, Target, adaptive_pgd, loss_weights
 from siriib_jax.evaluation.checklist import CheckItem, run_checklist
 from siriib_jax.evaluation.report import Report, Row, to_markdown, write_report
 from siriib_jax.evaluation.robustness import evaluate_robustness, load_points
@@ -16,7 +16,7 @@ from siriib_jax.evaluation.runner import select_points
 from siriib_jax.evaluation.suite import AttackSpec, logits_fn, outputs_fn, parse_spec
 from siriib_jax.evaluation.svd_study import svd_study, swap_accuracies
 
-__all__ = ["AttackSpec", "CheckItem", "Report", "Row", "TABLE4_LOSSES", "adaptive_pgd",
-           "evaluate_robustness", "load_points", "logits_fn", "outputs_fn", "parse_spec",
+__all__ = ["AttackSpec", "CheckItem", "Report", "Row", "TABLE4_LOSSES", "Target", "adaptive_pgd",
+           "evaluate_robustness", "load_points", "logits_fn", "loss_weights", "outputs_fn", "parse_spec",
            "run_checklist", "svd_study", "swap_accuracies", "select_points", "to_markdown",
            "write_report"]

@@ -14,7 +14,7 @@ fixed during the attack. These losses need a model returning a `ModelOutput` wit
 and `features` (SiRIIB enabled).
 """
 
-from typing import Callable, Union
+from typing import Callable, NamedTuple, Union
 
 import jax.numpy as jnp
 
@@ -42,35 +42,46 @@ def loss_label(loss: str) -> str:
   return " + ".join(_LABELS[t] for t in loss_terms(loss))
 
 
-def adaptive_pgd(loss: str, eps: float, step_size: float, steps: int, norm: str = "linf",
+class Target(NamedTuple):
+  """What an adaptive attack runs on: `outputs_fn` maps images in [0, 1] to the model's
+  `ModelOutput` (e.g. `suite.outputs_fn`); `weights` (3,) float32 weigh `TERMS`. Both are
+  traced, so every loss of Table 4 shares one compiled attack."""
+  outputs_fn: Callable
+  weights: jnp.ndarray
+
+
+def loss_weights(loss: str) -> jnp.ndarray:
+  """`'ce+svd'` -> [1, 1, 0]: the weights of `TERMS` in the unweighted sum."""
+  terms = loss_terms(loss)
+  return jnp.asarray([float(t in terms) for t in TERMS], jnp.float32)
+
+
+def adaptive_pgd(eps: float, step_size: float, steps: int, norm: str = "linf",
                  restarts: int = 1, unroll: Union[None, bool, int] = None) -> Callable:
-  """PGD maximising `loss` (e.g. `'ce+svd+info'`) through SiRIIB's outputs.
+  """PGD maximising `w · (L_CE, L_svd, L_info)` through SiRIIB's outputs.
 
   Args:
-    loss: terms of `TERMS` joined by '+'.
     eps, step_size, steps, norm, restarts, unroll: as `attacks.pgd` (random start).
 
   Returns:
-    `attack(outputs_fn, x (B, H, W, 3), y (B,), key) -> AttackResult`, where `outputs_fn`
-    maps images in [0, 1] to the model's `ModelOutput` (e.g. `suite.outputs_fn`); jittable.
+    `attack(target: Target, x (B, H, W, 3), y (B,), key) -> AttackResult`; jittable. A
+    zero weight still computes its term (one program for every loss).
   """
-  terms = loss_terms(loss)
 
-  def attack(outputs_fn, x, y, key) -> AttackResult:
+  def attack(target: Target, x, y, key) -> AttackResult:
+    outputs_fn, weights = target
     clean = outputs_fn(x)
     if clean.x_avg is None:
       raise ValueError("adaptive attacks need a SiRIIB model (model.siriib.enabled)")
 
     def value(x_adv, logits, y):
       adv = outputs_fn(x_adv)  # Merged with the attack's own forward pass by XLA's CSE.
-      parts = {"ce": lambda: cross_entropy(logits, y),
-               "svd": lambda: svd_loss(adv.x_avg, x),
-               "info": lambda: info_loss(adv.features, clean.features)}
-      return sum(parts[t]() for t in terms)
+      return (weights[0] * cross_entropy(logits, y) +
+              weights[1] * svd_loss(adv.x_avg, x) +
+              weights[2] * info_loss(adv.features, clean.features))
 
     run = pgd(eps, step_size, steps, norm, loss=ImageLoss(value), restarts=restarts,
               unroll=unroll)
     return run(lambda v: outputs_fn(v).logits.astype(jnp.float32), x, y, key)
 
   return attack
-

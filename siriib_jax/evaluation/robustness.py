@@ -117,12 +117,13 @@ def evaluate_robustness(model, variables, config: ml_collections.ConfigDict, dat
   if "adaptive" in attacks and has_siriib(model, variables, x):
     threat, steps = evaluation.linf, evaluation.adaptive_steps
     spec = AttackSpec(f"pgd{steps}", "linf", threat.eps, threat.step_size)
+    attack = adaptive_lib.adaptive_pgd(threat.eps, threat.step_size, steps,
+                                       restarts=evaluation.restarts, unroll=evaluation.unroll)
     for loss in adaptive_lib.TABLE4_LOSSES:
-      attack = adaptive_lib.adaptive_pgd(loss, threat.eps, threat.step_size, steps,
-                                         restarts=evaluation.restarts,
-                                         unroll=evaluation.unroll)
+      target = adaptive_lib.Target(outputs_fn(model, variables),
+                                   adaptive_lib.loss_weights(loss))
       attack_row("adaptive", f"adaptive:{loss}", loss, adaptive_lib.loss_label(loss),
-                 "adaptive", spec, attack, outputs_fn(model, variables))
+                 "adaptive", spec, attack, target)
   checks = evaluation.checklist
   if checks.large_eps > 0:
     spec = AttackSpec(checks.large_eps_attack, "linf", checks.large_eps, checks.large_eps / 4)

@@ -86,7 +86,7 @@ def run_attack(attack, fn, images: np.ndarray, labels: np.ndarray, key: jax.Arra
   """
   started = time.time()
   host_side = isinstance(attack, AutoAttack)
-  run = attack if host_side else jax.jit(attack)
+  run = attack if host_side else jax.jit(attack)  # Cached by `attack`: a rerun reuses it.
   x_adv, success = images.astype(np.float32), np.zeros(len(images), bool)
   parts: dict[str, list] = {}
   for i, index in batches(len(images), batch_size):
