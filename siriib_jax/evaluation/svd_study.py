@@ -52,7 +52,7 @@ def swap_accuracies(fn, x_adv: np.ndarray, x_ref: np.ndarray, y: np.ndarray,
 
 def plot_accuracy(results: list[dict], clean: float, path: str) -> None:
   """Fig. 1: per attack, accuracy on x_adv (solid) and on x_swap (hatched), in %."""
-  fig, ax = plt.subplots(figsize=(1.4 * len(results) + 2, 3.5))
+  fig, ax = plt.subplots(figsize=(1.4 * len(results) + 4, 3.5))
   where = np.arange(len(results))
   ax.bar(where - 0.2, [100 * r["accuracy_adv"] for r in results], 0.4, label="x_adv",
          color="tab:blue")
@@ -63,7 +63,7 @@ def plot_accuracy(results: list[dict], clean: float, path: str) -> None:
   ax.set_xticks(where, [r["label"] for r in results])
   ax.set_ylabel("accuracy (%)")
   ax.set_ylim(0, 100)
-  ax.legend(fontsize="small", loc="upper right")
+  ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)
