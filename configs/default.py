@@ -124,5 +124,6 @@ def get_config() -> ml_collections.ConfigDict:
 
   # Final robustness evaluation after training (siriib_jax/evaluate); 0 = skip.
   config.final_eval_size = 0
+  config.final_eval_attacks = ("clean", "pgd20", "autoattack")
 
   return config

@@ -7,14 +7,15 @@ import ml_collections
 
 from siriib_jax.config_errors import ConfigError, fail
 from siriib_jax.data import validate_dataset_config
+from siriib_jax.evaluation.suite import parse_spec
 from siriib_jax.models import validate_model_config
 from siriib_jax.strategies import validate_strategy_config
 
 
-def _positive_int(config, key: str, minimum: int = 1) -> None:
+def _positive_int(config, key: str, minimum: int = 1, prefix: str = "") -> None:
   value = config[key]
   if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-    fail(key, value, f"it must be an integer ≥ {minimum}")
+    fail(prefix + key, value, f"it must be an integer ≥ {minimum}")
 
 
 def validate_training_config(config: ml_collections.ConfigDict) -> None:
@@ -51,6 +52,20 @@ def validate_training_config(config: ml_collections.ConfigDict) -> None:
     fail("loss.svd_eps", config.loss.svd_eps, "it must be > 0")
 
 
+def validate_evaluation_config(config: ml_collections.ConfigDict) -> None:
+  """Checks the attack names of `evaluation.attacks` and `final_eval_attacks`."""
+  for key in ("evaluation.attacks", "final_eval_attacks"):
+    names = config.evaluation.attacks if key == "evaluation.attacks" else config.final_eval_attacks
+    for name in names:
+      if name in ("clean", "adaptive"):
+        continue
+      try:
+        parse_spec(name, config.evaluation)
+      except (ValueError, KeyError) as error:
+        fail(key, tuple(names), f"{name!r} is not an attack ({error}); see docs/evaluation.md")
+  _positive_int(config.evaluation, "batch_size", prefix="evaluation.")
+
+
 def check_known_keys(config: ml_collections.ConfigDict, reference: ml_collections.ConfigDict,
                      prefix: str = "") -> None:
   """Every key of `config` must exist in `reference` (the defaults): catches typos in a
@@ -74,3 +89,4 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
                           model_num_classes=config.model.num_classes)
   validate_strategy_config(config)
   validate_training_config(config)
+  validate_evaluation_config(config)

@@ -24,6 +24,7 @@ from siriib_jax import parallel
 from siriib_jax.checkpointing import Checkpoints
 from siriib_jax.config_validation import validate_config
 from siriib_jax.data import InputPipeline
+from siriib_jax.evaluation import evaluate_robustness
 from siriib_jax.models import create_model
 from siriib_jax.strategies import get_strategy
 from siriib_jax.train_state import create_train_state
@@ -68,6 +69,22 @@ def evaluate_validation(eval_step, state, data: InputPipeline, mesh, key) -> dic
       totals[k] += float(v)
   count = max(totals["count"], 1.0)
   return {"clean": 100 * totals["clean"] / count, "pgd": 100 * totals["pgd"] / count}
+
+
+def _final_evaluation(model, state, checkpoints: Checkpoints, config, data: InputPipeline,
+                      workdir: str) -> dict:
+  """`config.final_eval_attacks` on a stratified subset of `config.final_eval_size` test
+  points, for the best checkpoint by validation PGD (the last state without one); the
+  table is printed and written to `workdir/evaluation`."""
+  checkpoints.best.wait_until_finished()
+  best = checkpoints.restore_best(state)
+  chosen = best if best is not None else state
+  report = evaluate_robustness(
+      model, {"params": chosen.params, "batch_stats": chosen.batch_stats}, config, data,
+      attacks=tuple(config.final_eval_attacks), subset_size=config.final_eval_size,
+      directory=os.path.join(workdir, "evaluation"),
+      meta={"checkpoint": "best" if best is not None else "last", "step": int(chosen.step)})
+  return report.to_json()
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -159,6 +176,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
              "epochs": int(state.step) / steps_per_epoch, "validation": validation,
              "best_validation_pgd": checkpoints.best_metric(),
              "train_seconds": time.time() - started}
+  if status == "completed" and config.final_eval_size:
+    summary["final_evaluation"] = _final_evaluation(model, state, checkpoints, config, data,
+                                                    workdir)
   checkpoints.close()
   writer.flush()
   if jax.process_index() == 0:

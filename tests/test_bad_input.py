@@ -47,6 +47,7 @@ BAD_VALUES = [
     ("eval_pgd_steps", 0, "≥ 1"),
     ("dataset.extra_fraction", 1.5, "[0, 1)"),
     ("keep_checkpoints", 0, "≥ 1"),
+    ("final_eval_attacks", ("clean", "pgd-20"), "'pgd-20' is not an attack"),
 ]
 
 
