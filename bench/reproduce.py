@@ -87,7 +87,7 @@ def main():
   parser.add_argument("--out", required=True, type=pathlib.Path)
   parser.add_argument("--shared", type=pathlib.Path, default=REPO.parent / "shared" / "data")
   parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-  parser.add_argument("--train_size", type=int, default=10000)
+  parser.add_argument("--train_size", type=int, default=5000)
   parser.add_argument("--validation_size", type=int, default=500)
   parser.add_argument("--width", type=float, default=0.125)
   parser.add_argument("--epochs", type=int, default=4)
