@@ -2,16 +2,22 @@
 
 Convolutions use He-normal (fan-out) initialisation as torchvision's ResNet does; batch
 normalisation uses PyTorch's defaults (momentum 0.1, i.e. flax momentum 0.9; eps 1e-5), so
-that running statistics evolve as in the PyTorch code the paper was trained with.
+that running statistics evolve as in the PyTorch code the paper was trained with. Every
+convolution computes its kernel gradient with matrix products (`conv.py`; faster on CPU).
 """
 
 import functools
 
 import flax.linen as nn
 
+from siriib_jax.models.conv import conv_general_dilated
+
 conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
-Conv = functools.partial(nn.Conv, use_bias=False, kernel_init=conv_init)
+# Any convolution of the models: `flax.linen.Conv` with the matmul kernel gradient.
+ConvWithBias = functools.partial(nn.Conv, kernel_init=conv_init,
+                                 conv_general_dilated=conv_general_dilated)
+Conv = functools.partial(ConvWithBias, use_bias=False)
 Conv3x3 = functools.partial(Conv, kernel_size=(3, 3), padding=((1, 1), (1, 1)))
 Conv1x1 = functools.partial(Conv, kernel_size=(1, 1), padding="VALID")
 

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from siriib_jax.models.backbone import SkipTarget
-from siriib_jax.models.layers import Conv1x1, Conv3x3, batch_norm, conv_init
+from siriib_jax.models.layers import Conv1x1, Conv3x3, ConvWithBias, batch_norm
 from siriib_jax.models.resnet import PreActBlock
 
 EXTRACTOR_VARIANTS = ("base", "L", "XL")
@@ -61,8 +61,8 @@ class SRBlock(nn.Module):
     channels = x.shape[-1]
     y = Conv1x1(self.orth_channels, dtype=self.dtype, kernel_init=nn.initializers.orthogonal(),
                 name="orthogonal")(x)
-    amplitude_conv = nn.Conv(self.orth_channels, (1, 1), kernel_init=conv_init,
-                             dtype=jnp.float32, name="amplitude")
+    amplitude_conv = ConvWithBias(self.orth_channels, (1, 1), dtype=jnp.float32,
+                                  name="amplitude")
     z = modulate_amplitude(y, amplitude_conv, self.fft_eps)
     fused = Conv1x1(channels, dtype=self.dtype, name="fuse")(
         jnp.concatenate([y, z.astype(y.dtype)], axis=-1))
@@ -139,8 +139,8 @@ class SiRIIB(nn.Module):
                          name="extractor")(x_avg, train)
     features = []
     for i, target in enumerate(targets[:self.num_skips]):
-      f = nn.Conv(target.channels, (3, 3), padding=((1, 1), (1, 1)), kernel_init=conv_init,
-                  dtype=self.dtype, name=f"projection{i}")(h)
+      f = ConvWithBias(target.channels, (3, 3), padding=((1, 1), (1, 1)), dtype=self.dtype,
+                       name=f"projection{i}")(h)
       if target.stride > 1:
         f = nn.avg_pool(f, (target.stride,) * 2, strides=(target.stride,) * 2)
       features.append(f)
