@@ -1,0 +1,238 @@
+"""PGD-20 and AutoAttack (standard, L∞ 8/255): siriib_jax against PyTorch / pyautoattack on
+identical weights, in the same run.
+
+A small CNN (conv 32-32-pool-64-64-pool, dense 128, dense 10; no BatchNorm) is defined in
+Flax and in PyTorch. It is trained briefly in JAX with FGSM adversarial training (random
+start, step 1.25 ε; Wong et al. 2020) on CIFAR-10 so that robust accuracy is not trivially
+0, its weights are copied to PyTorch and the logits of both are checked to agree within
+1e-4 on the evaluation points. Then, on `--n` CIFAR-10 test points (a stratified random
+subset, `--seed`):
+
+* PGD-20 (CE, α = 2/255, one random start): siriib_jax `get_attack('pgd20')` (jitted;
+  compile timed apart) against a plain PyTorch loop;
+* AutoAttack standard: siriib_jax `AutoAttack` (cold: with compilation; and warm: a second
+  call) against `pyautoattack.AutoAttack(version='standard')`, the official code.
+
+Reported: wall time, the ratio siriib_jax / PyTorch, robust accuracy of each.
+
+    python bench/attacks.py --help
+    python bench/attacks.py --n 500 --train-steps 800
+
+Needs torch and pyautoattack (bench/requirements.txt) and ../shared/data.
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "..", "shared", "data"))
+
+import flax.linen as nn  # pylint: disable=wrong-import-position
+import jax  # pylint: disable=wrong-import-position
+import jax.numpy as jnp  # pylint: disable=wrong-import-position
+import numpy as np  # pylint: disable=wrong-import-position
+import optax  # pylint: disable=wrong-import-position
+import torch  # pylint: disable=wrong-import-position
+import torch.nn.functional as F  # pylint: disable=wrong-import-position
+
+import cifar  # pylint: disable=wrong-import-position
+from siriib_jax.attacks import AutoAttack, fgsm, get_attack  # pylint: disable=wrong-import-position
+from torch_reference import load_flax_variables  # pylint: disable=wrong-import-position
+
+EPS = 8 / 255
+
+
+class SmallCNN(nn.Module):
+  """Images (B, 32, 32, 3) in [0, 1] → logits (B, 10)."""
+
+  @nn.compact
+  def __call__(self, x):
+    for width in (32, 64):
+      x = nn.relu(nn.Conv(width, (3, 3), padding=((1, 1), (1, 1)))(x))
+      x = nn.relu(nn.Conv(width, (3, 3), padding=((1, 1), (1, 1)))(x))
+      x = nn.avg_pool(x, (2, 2), (2, 2))
+    x = nn.relu(nn.Dense(128)(x.reshape(x.shape[0], -1)))
+    return nn.Dense(10)(x)
+
+
+class TorchSmallCNN(torch.nn.Module):
+  """The same network in PyTorch (NCHW input; flattened in NHWC order as Flax does)."""
+
+  def __init__(self):
+    super().__init__()
+    for i, (cin, cout) in enumerate(((3, 32), (32, 32), (32, 64), (64, 64))):
+      setattr(self, f"Conv_{i}", torch.nn.Conv2d(cin, cout, 3, padding=1))
+    self.Dense_0 = torch.nn.Linear(8 * 8 * 64, 128)
+    self.Dense_1 = torch.nn.Linear(128, 10)
+
+  def forward(self, x):
+    for i in range(4):
+      x = F.relu(getattr(self, f"Conv_{i}")(x))
+      if i % 2:
+        x = F.avg_pool2d(x, 2)
+    x = F.relu(self.Dense_0(x.permute(0, 2, 3, 1).flatten(1)))
+    return self.Dense_1(x)
+
+
+def _parse_args(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  p.add_argument("--n", type=int, default=500, help="test points (stratified)")
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--train-steps", type=int, default=800, help="FGSM-AT steps, batch 128")
+  p.add_argument("--skip-aa", action="store_true", help="PGD-20 only")
+  p.add_argument("--no-warm-aa", action="store_true", help="skip the second (warm) JAX AA")
+  p.add_argument("--json", default="")
+  return p.parse_args(argv)
+
+
+def stratified_subset(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
+  """n indices, n / 10 per class, drawn at random with `seed`."""
+  rng = np.random.RandomState(seed)
+  classes = np.unique(labels)
+  per_class = n // len(classes)
+  idx = [rng.choice(np.flatnonzero(labels == c), per_class, replace=False) for c in classes]
+  return np.sort(np.concatenate(idx))
+
+
+def train(steps: int, seed: int):
+  """FGSM-AT of `SmallCNN` on CIFAR-10 train: Adam 1e-3, batch 128. Returns params."""
+  images, labels = cifar.load("cifar10", "train")
+  model = SmallCNN()
+  params = model.init(jax.random.PRNGKey(seed), jnp.zeros((1, 32, 32, 3)))["params"]
+  tx = optax.adam(1e-3)
+  opt_state = tx.init(params)
+  attack = fgsm(EPS, step_size=1.25 * EPS, random_start=True)
+
+  @jax.jit
+  def step(params, opt_state, x, y, key):
+    x = x.astype(jnp.float32) / 255.0
+    logits_fn = lambda v: model.apply({"params": params}, v)
+    x_adv = jax.lax.stop_gradient(attack(logits_fn, x, y, key).x_adv)
+    def loss_fn(p):
+      logits = model.apply({"params": p}, x_adv)
+      return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+    loss, grads = jax.value_and_grad(loss_fn)(params)
+    updates, opt_state = tx.update(grads, opt_state)
+    return optax.apply_updates(params, updates), opt_state, loss
+
+  rng = np.random.RandomState(seed)
+  key = jax.random.PRNGKey(seed + 1)
+  start = time.perf_counter()
+  for i in range(steps):
+    idx = rng.randint(0, len(images), 128)
+    x = images[idx]
+    flip = rng.rand(128) < 0.5
+    x[flip] = x[flip, :, ::-1]
+    params, opt_state, loss = step(params, opt_state, x, labels[idx].astype(np.int32),
+                                   jax.random.fold_in(key, i))
+  jax.block_until_ready(params)
+  print(f"trained {steps} FGSM-AT steps in {time.perf_counter() - start:.0f} s, last loss "
+        f"{float(loss):.3f}", flush=True)
+  return model, params
+
+
+def torch_pgd(model, x, y, steps=20, alpha=2 / 255, seed=0):
+  """PGD-k on the cross-entropy from a uniform random start (PyTorch)."""
+  g = torch.Generator().manual_seed(seed)
+  x_adv = (x + (torch.rand(x.shape, generator=g) * 2 - 1) * EPS).clamp(0, 1)
+  for _ in range(steps):
+    x_adv.requires_grad_(True)
+    loss = F.cross_entropy(model(x_adv), y, reduction="sum")
+    grad, = torch.autograd.grad(loss, x_adv)
+    x_adv = torch.min(torch.max(x_adv.detach() + alpha * grad.sign(), x - EPS), x + EPS)
+    x_adv = x_adv.clamp(0, 1)
+  return x_adv.detach()
+
+
+def _load():
+  with open("/proc/loadavg") as f:
+    return " ".join(f.read().split()[:3])
+
+
+def main(argv=None):
+  args = _parse_args(argv)
+  out = {"n": args.n, "seed": args.seed, "load_start": _load(),
+         "torch_threads": torch.get_num_threads()}
+  model, params = train(args.train_steps, args.seed)
+  images, labels = cifar.load("cifar10", "test")
+  idx = stratified_subset(labels, args.n, args.seed)
+  x_np = images[idx].astype(np.float32) / 255.0
+  y_np = labels[idx].astype(np.int32)
+  torch_model = TorchSmallCNN()
+  load_flax_variables(torch_model, {"params": params})
+  torch_model.eval()
+  x_t = torch.from_numpy(x_np).permute(0, 3, 1, 2).contiguous()
+  y_t = torch.from_numpy(y_np).long()
+  apply_fn = jax.jit(lambda p, v: model.apply({"params": p}, v))
+  logits_j = np.asarray(apply_fn(params, x_np))
+  with torch.no_grad():
+    logits_t = torch_model(x_t).numpy()
+  out["logits_max_abs_diff"] = float(np.abs(logits_j - logits_t).max())
+  assert out["logits_max_abs_diff"] < 1e-4, out["logits_max_abs_diff"]
+  out["clean_acc_jax"] = float((logits_j.argmax(-1) == y_np).mean())
+  out["clean_acc_torch"] = float((logits_t.argmax(-1) == y_np).mean())
+  print(json.dumps(out), flush=True)
+
+  # PGD-20.
+  pgd20 = get_attack("pgd20", EPS, step_size=2 / 255)
+  logits_fn = jax.tree_util.Partial(apply_fn, params)
+  run = jax.jit(lambda x, y, key: pgd20(logits_fn, x, y, key))
+  key = jax.random.PRNGKey(args.seed)
+  start = time.perf_counter()
+  compiled = run.lower(x_np, y_np, key).compile()
+  out["pgd20_jax_compile_s"] = time.perf_counter() - start
+  for rep in range(2):  # Alternated, twice.
+    start = time.perf_counter()
+    result = compiled(x_np, y_np, key)
+    jax.block_until_ready(result)
+    out[f"pgd20_jax_s_{rep}"] = time.perf_counter() - start
+    start = time.perf_counter()
+    x_adv_t = torch_pgd(torch_model, x_t, y_t, seed=args.seed)
+    out[f"pgd20_torch_s_{rep}"] = time.perf_counter() - start
+  out["pgd20_jax_s"] = min(out["pgd20_jax_s_0"], out["pgd20_jax_s_1"])
+  out["pgd20_torch_s"] = min(out["pgd20_torch_s_0"], out["pgd20_torch_s_1"])
+  out["pgd20_ratio"] = out["pgd20_jax_s"] / out["pgd20_torch_s"]
+  out["pgd20_robust_jax"] = float(1 - np.asarray(result.success).mean())
+  with torch.no_grad():
+    out["pgd20_robust_torch"] = float((torch_model(x_adv_t).argmax(-1) == y_t).float().mean())
+  print(json.dumps(out), flush=True)
+
+  if not args.skip_aa:
+    import pyautoattack  # pylint: disable=import-outside-toplevel
+    jax_aa = AutoAttack(EPS, "linf", "standard")
+    runs = [("cold", 1), ("warm", 2)] if not args.no_warm_aa else [("cold", 1)]
+    for name, salt in runs:
+      start = time.perf_counter()
+      res = jax_aa(logits_fn, x_np, y_np, jax.random.PRNGKey(args.seed + salt))
+      out[f"aa_jax_{name}_s"] = time.perf_counter() - start
+      out[f"aa_robust_jax_{name}"] = float(1 - res.success.mean())
+      out[f"aa_jax_{name}_components"] = {k: int(v.success.sum())
+                                          for k, v in res.components.items()}
+      print(json.dumps(out), flush=True)
+      if name == "cold":
+        adversary = pyautoattack.AutoAttack(torch_model, eps=EPS, norm="Linf",
+                                            version="standard", seed=args.seed, device="cpu")
+        start = time.perf_counter()
+        x_adv_aa = adversary.run_standard_evaluation(x_t, y_t, batch_size=args.n)
+        out["aa_torch_s"] = time.perf_counter() - start
+        with torch.no_grad():
+          out["aa_robust_torch"] = float(
+              (torch_model(x_adv_aa).argmax(-1) == y_t).float().mean())
+        print(json.dumps(out), flush=True)
+    out["aa_ratio_cold"] = out["aa_jax_cold_s"] / out["aa_torch_s"]
+    if "aa_jax_warm_s" in out:
+      out["aa_ratio_warm"] = out["aa_jax_warm_s"] / out["aa_torch_s"]
+  out["load_end"] = _load()
+  print(json.dumps(out), flush=True)
+  if args.json:
+    with open(args.json, "w") as f:
+      json.dump(out, f, indent=1)
+
+
+if __name__ == "__main__":
+  main()
