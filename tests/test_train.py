@@ -113,25 +113,33 @@ from siriib_jax.train_state import create_train_state
 from siriib_jax.train_step import make_train_step
 assert jax.device_count() == 8
 config = tiny_training_config(write_npz_dataset({data!r}))
-model = create_model(config.model, 32)
+config.model.siriib.scales = (16, 8)  # 16x16 images keep the 8-device compile short.
+model = create_model(config.model, 16)
 step_fn = make_train_step(model, get_strategy(config), config, steps_per_epoch=3)
 rng = np.random.default_rng(0)
-batch = {{"image": rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8),
+batch = {{"image": rng.integers(0, 256, (8, 16, 16, 3), dtype=np.uint8),
          "label": rng.integers(0, 10, 8).astype(np.int32), "index": np.arange(8)}}
+initial = create_train_state(model, config, jax.random.key(0), (16, 16, 3), 3, 24)
 results = []
 for devices in (jax.devices()[:1], jax.devices()):
   mesh = parallel.data_mesh(devices)
-  state = jax.device_put(create_train_state(model, config, jax.random.key(0), (32, 32, 3), 3, 24),
-                         parallel.replicated(mesh))
+  state = jax.device_put(initial, parallel.replicated(mesh))
   step = jax.jit(step_fn, in_shardings=(parallel.replicated(mesh), parallel.batch_sharded(mesh),
                  parallel.replicated(mesh)))
   sharded = parallel.global_batch(batch, mesh)
   assert len(sharded["image"].sharding.device_set) == len(devices)
-  state, _ = step(state, sharded, jax.random.key(1))
   state, metrics = step(state, sharded, jax.random.key(1))
-  results.append(jax.device_get((state.params, state.batch_stats, metrics["loss"])))
-for a, b in zip(jax.tree.leaves(results[0]), jax.tree.leaves(results[1])):
-  np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)
+  update = jax.tree.map(lambda new, old: new - old, state.params, initial.params)
+  results.append(jax.device_get((update, state.batch_stats, metrics["loss"])))
+# Equal up to summation order, which can flip the sign of a near-zero input gradient in the
+# attack and so move a few pixels of x_adv: the updates agree to 1 % overall, the loss and
+# the BatchNorm statistics closely. A per-device BatchNorm (1 example per device) or a
+# per-device gradient would be off by far more.
+flat = [np.concatenate([np.ravel(leaf) for leaf in jax.tree.leaves(r[0])]) for r in results]
+assert np.linalg.norm(flat[0] - flat[1]) < 0.01 * np.linalg.norm(flat[0]), "updates differ"
+np.testing.assert_allclose(results[0][2], results[1][2], rtol=1e-3)
+for a, b in zip(jax.tree.leaves(results[0][1]), jax.tree.leaves(results[1][1])):
+  np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
 config.batch_size = 12
 try:
   validate_config(config)
