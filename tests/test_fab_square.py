@@ -19,6 +19,7 @@ import pytest
 from siriib_jax.attacks.fab import fab_targeted
 from siriib_jax.attacks.projections import per_example_norm
 from siriib_jax.attacks.square import p_schedule, pseudo_gaussian_bump, side_schedule, square
+from tests import linear_oracle
 
 BATCH, HEIGHT, WIDTH, CHANNELS, CLASSES = 32, 8, 8, 3, 10
 SHAPE = (BATCH, HEIGHT, WIDTH, CHANNELS)
@@ -31,55 +32,40 @@ X_LINF = jnp.clip(1.4 * jax.random.uniform(_k_linf, SHAPE) - 0.2, 0.0, 1.0)
 X_L2 = 0.3 + 0.4 * jax.random.uniform(_k_l2, SHAPE)
 
 
-def linear_logits(x):
-  return x.reshape(x.shape[0], -1) @ WEIGHTS + BIAS
+linear_logits = functools.partial(linear_oracle.linear_logits, WEIGHTS, BIAS)
 
 
 def _labels(x):
   return jnp.argmax(linear_logits(x), axis=-1)
 
 
-def _weight_gaps(y):
-  """(B, K, d) w_y − w_j and (B, K) b_y − b_j."""
-  return WEIGHTS.T[y][:, None, :] - WEIGHTS.T[None], BIAS[y][:, None] - BIAS[None]
-
-
-def _worst_linf_margin(x, y, radius):
-  """(B,) min over j ≠ y and the L∞ ball of the given radii ∩ [0, 1] of z_y − z_j."""
-  r = radius[:, None, None, None]
-  low = jnp.clip(x - r, 0.0, 1.0).reshape(BATCH, 1, -1)
-  high = jnp.clip(x + r, 0.0, 1.0).reshape(BATCH, 1, -1)
-  gap_w, gap_b = _weight_gaps(y)
-  worst = jnp.sum(jnp.where(gap_w > 0, low, high) * gap_w, axis=-1) + gap_b
-  return jnp.min(jnp.where(jax.nn.one_hot(y, CLASSES, dtype=bool), jnp.inf, worst), axis=-1)
+def _critical_eps(x, norm):
+  return linear_oracle.critical_eps(np.asarray(WEIGHTS), np.asarray(BIAS), np.asarray(x),
+                                    np.asarray(_labels(x)), norm)
 
 
 @functools.cache
 def linf_radius():
-  """(B,) exact L∞ robust radius by bisection, to ~1e-9."""
-  y = _labels(X_LINF)
-  low, high = jnp.zeros(BATCH), jnp.ones(BATCH)
-  for _ in range(30):
-    mid = (low + high) / 2
-    robust = _worst_linf_margin(X_LINF, y, mid) > 0
-    low, high = jnp.where(robust, mid, low), jnp.where(robust, high, mid)
-  return np.asarray(high)
+  """(B,) exact L∞ robust radius in the box (bisection)."""
+  return _critical_eps(X_LINF, "linf")
 
 
 @functools.cache
 def l2_radius():
   """(B,) L2 radius without the box, and (B,) whether its minimiser lies in [0, 1]."""
-  y = _labels(X_L2)
-  gap_w, gap_b = _weight_gaps(y)
-  margins = jnp.einsum("bkd,bd->bk", gap_w, X_L2.reshape(BATCH, -1)) + gap_b
-  norms = jnp.linalg.norm(gap_w, axis=-1)
-  radii = jnp.where(jax.nn.one_hot(y, CLASSES, dtype=bool), jnp.inf, margins / (norms + 1e-30))
-  j = jnp.argmin(radii, axis=-1)
-  rows = jnp.arange(BATCH)
-  minimiser = X_L2.reshape(BATCH, -1) - (margins[rows, j] / norms[rows, j]**2)[:, None] * gap_w[
-      rows, j]
-  in_box = jnp.all((minimiser >= 0) & (minimiser <= 1), axis=-1)
-  return np.asarray(radii[rows, j]), np.asarray(in_box)
+  radii = _critical_eps(X_L2, "l2")
+  y = np.asarray(_labels(X_L2))
+  flat = np.asarray(X_L2, np.float64).reshape(BATCH, -1)
+  w, b = np.asarray(WEIGHTS, np.float64), np.asarray(BIAS, np.float64)
+  # The class j of the closest boundary, and the projection of x onto it.
+  margins = (flat @ w + b)[np.arange(BATCH), y][:, None] - (flat @ w + b)
+  gaps = w[:, y].T[:, :, None] - w[None]  # (B, D, K)
+  distances = margins / (np.linalg.norm(gaps, axis=1) + 1e-30)
+  distances[np.arange(BATCH), y] = np.inf
+  j = np.argmin(distances, axis=1)
+  gap = gaps[np.arange(BATCH), :, j]
+  minimiser = flat - (margins[np.arange(BATCH), j] / np.sum(gap**2, axis=1))[:, None] * gap
+  return radii, np.all((minimiser >= 0) & (minimiser <= 1), axis=1)
 
 
 def _eps(norm):
