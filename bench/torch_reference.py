@@ -284,7 +284,7 @@ class TrainStep:
       loss = F.cross_entropy(logits, labels)
     loss.backward()
     self.optimizer.step()
-    return float(loss)
+    return float(loss.detach())
 
 
 # ---------------------------------------------------------------------------- flax → torch
