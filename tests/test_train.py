@@ -73,13 +73,21 @@ def test_killed_and_resumed_run_is_bit_identical(tmp_path, npz_dir, monkeypatch)
     np.testing.assert_array_equal(x, y)
 
 
-def test_best_checkpoint_follows_validation_pgd(tmp_path, npz_dir):
+def test_best_checkpoint_and_final_evaluation(tmp_path, npz_dir):
   config = tiny_training_config(npz_dir)
+  config.final_eval_size = 10
+  config.final_eval_attacks = ("clean", "pgd20")
+  config.evaluation.checklist.large_eps = 0.0
   summary = _run(config, tmp_path / "run")
   assert summary["step"] == 6 and set(summary["validation"]) == {"clean", "pgd"}
   assert summary["best_validation_pgd"] >= summary["validation"]["pgd"]
   _, best_step = load_variables(str(tmp_path / "run"), "best")
   assert best_step in (3, 6)
+  final = summary["final_evaluation"]
+  assert final["meta"]["checkpoint"] == "best" and final["meta"]["step"] == best_step
+  rows = {row["name"]: row["accuracy"] for row in final["rows"]}
+  assert set(rows) == {"clean", "pgd20"} and rows["pgd20"] <= rows["clean"]
+  assert (tmp_path / "run" / "evaluation" / "robustness.md").exists()
   with open(tmp_path / "run" / "summary.json") as f:
     assert '"status": "completed"' in f.read()
 
