@@ -3,6 +3,7 @@
 import importlib.util
 import io
 import pathlib
+import subprocess
 import sys
 import time
 import zipfile
@@ -116,7 +117,16 @@ def test_tiny_imagenet_builder_prepares_and_loads_without_tensorflow(tmp_path, m
                                 process_count=1)
   batch = pipeline.train_batch(0)
   test = pipeline.eval_data("test")
-  assert "tensorflow" not in sys.modules
+  # Reading needs no TensorFlow: checked in a fresh interpreter, since other tests of the
+  # session (clu's TensorBoard writer) may already have imported it into this one.
+  check = ("import sys, siriib_jax.data as d, ml_collections as m;"
+           f"c = m.ConfigDict({config.to_dict()!r});"
+           "p = d.InputPipeline(c, global_batch_size=200, seed=0, process_index=0,"
+           " process_count=1); p.train_batch(0); p.eval_data('test');"
+           "print('tensorflow' in sys.modules)")
+  fresh = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True,
+                         cwd=pathlib.Path(__file__).parent.parent, check=True)
+  assert fresh.stdout.strip() == "False", fresh.stderr[-2000:]
   assert batch["image"].shape == (200, 64, 64, 3) and len(pipeline.validation) == 200
   assert sorted(np.concatenate([batch["label"], pipeline.validation.label])) == sorted(
       list(range(200)) * 2)
