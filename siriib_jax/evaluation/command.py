@@ -11,10 +11,11 @@ import jax.numpy as jnp
 import ml_collections
 
 from siriib_jax.checkpointing import load_variables
+from siriib_jax.config_validation import validate_evaluation_config
 from siriib_jax.data import InputPipeline, validate_dataset_config
 from siriib_jax.evaluation.robustness import evaluate_robustness
 from siriib_jax.evaluation.svd_study import svd_study
-from siriib_jax.models import create_model
+from siriib_jax.models import create_model, validate_model_config
 
 MODES = ("eval", "svd_study")
 
@@ -29,7 +30,10 @@ def run(mode: str, config: ml_collections.ConfigDict, workdir: str):
     ConfigError, DatasetNotFoundError: as for training.
   """
   evaluation = config.evaluation
-  validate_dataset_config(config.dataset, training=False)
+  validate_model_config(config.model, config.dataset.image_size)
+  validate_dataset_config(config.dataset, training=False,
+                          model_num_classes=config.model.num_classes)
+  validate_evaluation_config(config)
   model = create_model(config.model, config.dataset.image_size,
                        jnp.bfloat16 if config.half_precision else jnp.float32)
   variables, step = load_variables(workdir, evaluation.checkpoint)
