@@ -3,7 +3,7 @@
 A stratified random sample of real CIFAR-10, shipped in `sample/` so the code can be
 tried without any download: 3,000 training images (300 per class) and 1,000 test
 images (100 per class). Pixels are lossless WebP mosaics (smaller than `.npz`),
-labels an `.npz`. `make_sample.py` regenerates the files.
+labels an `.npz`. `tools/make_sample.py` regenerates the files.
 """
 
 import pathlib

@@ -1,6 +1,6 @@
 """Regenerates the embedded CIFAR-10 sample in `siriib_jax/data/sample/` (run by hand).
 
-  python -m siriib_jax.data.make_sample PATH/TO/shared/data
+  python tools/make_sample.py PATH   # PATH: the project's CIFAR copy, e.g. ../shared/data
 
 PATH holds the project's copy of real CIFAR-10 (`cifar.py` with `load(name, split)`
 and the `cifar10_{split}_lossless.npy` flags). The sample is drawn at random with a
@@ -11,11 +11,13 @@ never reads PATH; only this script does.
 import argparse
 import importlib.util
 import pathlib
+import sys
 
 import numpy as np
 from PIL import Image
 
-from siriib_jax.data import sample
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+from siriib_jax.data import sample  # noqa: E402  pylint: disable=wrong-import-position
 
 PER_CLASS = {"train": 300, "test": 100}
 NUM_CLASSES = 10
