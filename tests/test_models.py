@@ -65,6 +65,22 @@ def test_features_follow_the_skip_targets(config, num_skips):
   assert [f.shape for f in features] == expected
 
 
+@pytest.mark.parametrize("variant,extractor", [("base", (4, 8, 16)), ("L", (4, 16, 16))])
+def test_width_multiplier_narrows_siriib_with_the_backbone(config, variant, extractor):
+  """× 1/4: c(·)'s 16/32/64 (base) or its 16-channel stem and the stage-1 width (L) become
+  4/8/16, and every f_i still matches its (narrowed) skip target."""
+  config.model.width_multiplier = 0.25
+  config.model.siriib.variant = variant
+  config.model.siriib.scales = (8,)
+  model = create_model(config.model, 8)
+  x, variables = _init(model, 8)
+  params = variables["params"]["siriib"]["extractor"]
+  widths = [leaf.shape[-1] for path, leaf in flax.traverse_util.flatten_dict(params).items()
+            if path[-1] == "kernel"]
+  assert (widths[0], widths[1], widths[-1]) == extractor
+  shapes = [f.shape[-1] for f in model.apply(variables, x).features]
+  assert shapes == [t.channels for t in model.backbone.skip_targets] == [16, 16, 32]
+
 def test_jit_matches_eager_and_does_not_retrace(config):
   config.model.siriib.scales = (16, 8)
   model = create_model(config.model, 16)

@@ -1,7 +1,8 @@
 """Running attacks over a set of test points in fixed-size batches (host loop).
 
 Every jittable attack compiles once: the last batch is padded, by repeating its first
-point, to the batch size, and the padding is dropped from the results. `AutoAttack`
+point, to the batch size (or to N when there are fewer points, so that a small subset does
+not pay for a large batch), and the padding is dropped from the results. `AutoAttack`
 (host-side) gets the real points only and buckets them itself.
 """
 
@@ -40,8 +41,10 @@ def select_points(data: InputPipeline, subset_size: int = 0, seed: int = 0,
 
 
 def batches(n: int, batch_size: int) -> Iterator[tuple[int, np.ndarray]]:
-  """`(i, indices)` of batch i: `batch_size` indices into n points, the last batch padded
-  by repeating its first index. Slice results with `[:min(batch_size, n - i * batch_size)]`."""
+  """`(i, indices)` of batch i: `min(batch_size, n)` indices into n points, the last batch
+  padded by repeating its first index. Slice results with
+  `[:min(batch_size, n - i * batch_size)]`."""
+  batch_size = min(batch_size, n)
   for i, start in enumerate(range(0, n, batch_size)):
     index = np.arange(start, min(start + batch_size, n))
     yield i, np.concatenate([index, np.full(batch_size - len(index), start)])

@@ -21,6 +21,11 @@ class SkipTarget(NamedTuple):
   stride: int
 
 
+def scaled_widths(widths: Sequence[int], multiplier: float) -> tuple[int, ...]:
+  """Channel counts times a width multiplier, rounded, at least 1 each."""
+  return tuple(max(1, round(w * multiplier)) for w in widths)
+
+
 def add_skip(x: jnp.ndarray, skips: Sequence[jnp.ndarray], index: int) -> jnp.ndarray:
   """`x + skips[index]` (in `x`'s dtype) when that skip exists, else `x`."""
   return x + skips[index].astype(x.dtype) if index < len(skips) else x

@@ -107,5 +107,6 @@ def create_model(config: ml_collections.ConfigDict, image_size: int,
                           f"{target.stride} of a SiRIIB skip target of {config.name}")
     s = config.siriib
     siriib = SiRIIB(scales=tuple(s.scales), num_skips=s.num_skips, variant=s.variant,
-                    orth_channels=s.orth_channels, fft_eps=s.fft_eps, dtype=dtype)
+                    orth_channels=s.orth_channels, fft_eps=s.fft_eps,
+                    width_multiplier=config.width_multiplier, dtype=dtype)
   return Classifier(backbone, siriib, tuple(config.mean), tuple(config.std))

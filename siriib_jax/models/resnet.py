@@ -11,7 +11,7 @@ from typing import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from siriib_jax.models.backbone import SkipTarget, add_skip
+from siriib_jax.models.backbone import SkipTarget, add_skip, scaled_widths
 from siriib_jax.models.layers import Conv1x1, Conv3x3, batch_norm
 
 STAGE_WIDTHS = (64, 128, 256, 512)
@@ -70,7 +70,7 @@ class ResNet18(nn.Module):
 
   @property
   def widths(self) -> tuple[int, ...]:
-    return tuple(max(1, round(w * self.width_multiplier)) for w in STAGE_WIDTHS)
+    return scaled_widths(STAGE_WIDTHS, self.width_multiplier)
 
   @property
   def skip_targets(self) -> tuple[SkipTarget, ...]:

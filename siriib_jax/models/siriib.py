@@ -10,7 +10,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from siriib_jax.models.backbone import SkipTarget
+from siriib_jax.models.backbone import SkipTarget, scaled_widths
 from siriib_jax.models.layers import Conv1x1, Conv3x3, ConvWithBias, batch_norm
 from siriib_jax.models.resnet import PreActBlock
 
@@ -86,19 +86,23 @@ class FeatureExtractor(nn.Module):
   within 0.03 M parameters and 0.02 G MACs): a 3×3 conv to 16 channels, then 2 / 4
   cascaded pre-activation basic blocks of `width` channels (the backbone's stage-1 width,
   160 for WRN-28-10) and BN-ReLU, i.e. a copy of the WRN stem and first stage.
+  The fixed widths (16, 32, 64 and the 16 of `L` / `XL`) are scaled by `width_multiplier`,
+  the backbone's, so a narrow network has a SiRIIB as narrow (1 is the paper's).
   """
   variant: str = "base"
   width: int = 64
+  width_multiplier: float = 1.0
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool):
+    widths = scaled_widths((16, 32, 64), self.width_multiplier)
     if self.variant == "base":
-      for i, width in enumerate((16, 32, 64)):
+      for i, width in enumerate(widths):
         x = Conv3x3(width, dtype=self.dtype, name=f"conv{i}")(x)
         x = nn.relu(batch_norm(train, self.dtype, name=f"bn{i}")(x))
       return x
-    x = Conv3x3(16, dtype=self.dtype, name="conv0")(x)
+    x = Conv3x3(widths[0], dtype=self.dtype, name="conv0")(x)
     for i in range({"L": 2, "XL": 4}[self.variant]):
       x = PreActBlock(self.width, 1, self.dtype, name=f"block{i}")(x, train)
     return nn.relu(batch_norm(train, self.dtype, name="final_bn")(x))
@@ -124,6 +128,7 @@ class SiRIIB(nn.Module):
   variant: str = "base"
   orth_channels: int = 12
   fft_eps: float = 1e-8
+  width_multiplier: float = 1.0
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
@@ -135,8 +140,8 @@ class SiRIIB(nn.Module):
       out = nn.sigmoid(sr(resize_bilinear(x, scale), train).astype(jnp.float32))
       maps.append(resize_bilinear(out, size))
     x_avg = sum(maps) / len(maps)
-    h = FeatureExtractor(self.variant, targets[1].channels, self.dtype,
-                         name="extractor")(x_avg, train)
+    h = FeatureExtractor(self.variant, targets[1].channels, self.width_multiplier,
+                         self.dtype, name="extractor")(x_avg, train)
     features = []
     for i, target in enumerate(targets[:self.num_skips]):
       f = ConvWithBias(target.channels, (3, 3), padding=((1, 1), (1, 1)), dtype=self.dtype,

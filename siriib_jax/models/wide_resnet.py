@@ -10,7 +10,7 @@ from typing import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from siriib_jax.models.backbone import SkipTarget, add_skip
+from siriib_jax.models.backbone import SkipTarget, add_skip, scaled_widths
 from siriib_jax.models.layers import Conv3x3, batch_norm
 from siriib_jax.models.resnet import PreActBlock
 
@@ -29,8 +29,7 @@ class WideResNet(nn.Module):
 
   @property
   def widths(self) -> tuple[int, int, int]:
-    k = self.widen_factor * self.width_multiplier
-    return tuple(max(1, round(w * k)) for w in (16, 32, 64))
+    return scaled_widths((16, 32, 64), self.widen_factor * self.width_multiplier)
 
   @property
   def skip_targets(self) -> tuple[SkipTarget, ...]:
