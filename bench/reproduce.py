@@ -3,8 +3,9 @@
 Plain ResNet-18 against ResNet-18-SR, both at `--width` of the paper's channel counts
 (SiRIIB's c(·) and p_i scaled alike), trained with `--strategy` (default TRADES, β = 6;
 inner attack L∞, ε = 8/255, α = 2/255, `--attack_steps` steps) on a fixed stratified subset
-of the CIFAR-10 training set, for the same number of epochs and steps; then, on the best checkpoint by validation
-PGD, clean and PGD-20 accuracy on a fixed stratified subset of `--eval_size` test points and
+of the CIFAR-10 training set, for the same number of epochs and steps; then, on the best
+checkpoint by validation PGD, clean and PGD-20 accuracy on a fixed stratified subset of
+`--eval_size` test points and
 AutoAttack (standard) on a smaller fixed stratified subset of `--autoattack_size` (each
 point AutoAttack cannot break costs 9 × 100 APGD-T and FAB-T steps and 5000 Square queries,
 minutes on this CPU). Only the training seed changes between seeds; the data subsets and
