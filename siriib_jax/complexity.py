@@ -2,7 +2,8 @@
 
 Parameters are the trainable leaves (BatchNorm scale and bias included, running
 statistics not). MACs are those of every `nn.Conv` and `nn.Dense` call for one image —
-the convolutions and dense layers the paper's Table 3 counts — found by intercepting the
+the convolutions and dense layers the paper's Table 3 counts; a `PooledConv` counts as the
+full-resolution convolution it replaces — found by intercepting the
 module calls during an abstract forward pass (nothing is computed). FFT, resizing,
 pooling, normalisation and activations are not counted (SPEC §6).
 """
@@ -17,6 +18,7 @@ import ml_collections
 
 from configs import default as default_config
 from siriib_jax.models import create_model
+from siriib_jax.models.siriib import PooledConv
 
 
 class Complexity(NamedTuple):
@@ -32,7 +34,11 @@ def count_complexity(model: nn.Module, image_size: int, channels: int = 3) -> Co
     nonlocal macs
     out = next_fun(*args, **kwargs)
     module = context.module
-    if context.method_name == "__call__" and isinstance(module, (nn.Conv, nn.Dense)):
+    if context.method_name != "__call__":
+      return out
+    if isinstance(module, PooledConv):
+      macs += module.paper_macs(out.shape)
+    elif isinstance(module, (nn.Conv, nn.Dense)):
       kernel = module.variables["params"]["kernel"]
       # Each output element needs (kernel size × input features per group) MACs.
       per_output = math.prod(kernel.shape[:-1])

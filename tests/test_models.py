@@ -2,6 +2,7 @@
 
 import chex
 import flax
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 
 from siriib_jax.config_errors import ConfigError
 from siriib_jax.models import BACKBONES, create_model
+from siriib_jax.models.siriib import PooledConv
 
 
 def _init(model, size, batch=2, seed=0):
@@ -130,3 +132,30 @@ def test_bad_model_config_raises_one_clear_error(config, key, value, fragment):
     create_model(config.model, 32)
   message = str(error.value)
   assert f"config.model.{key}" in message and fragment in message and repr(value) in message
+
+
+@pytest.mark.parametrize("stride", [2, 4])
+def test_pooled_conv_is_conv_then_average_pool(stride):
+  """`PooledConv` (one strided conv with the box-filtered kernel) computes `avg_pool(conv(x))`
+  of `nn.Conv` with the same parameters: values, input and parameter gradients."""
+  x = jax.random.uniform(jax.random.key(0), (2, 8, 8, 5))
+  pooled = PooledConv(7, 3, stride)
+  params = pooled.init(jax.random.key(1), x)["params"]
+  params = {"kernel": params["kernel"],
+            "bias": jax.random.normal(jax.random.key(2), params["bias"].shape)}
+  reference = nn.Conv(7, (3, 3), padding=((1, 1), (1, 1)))
+  chex.assert_trees_all_equal_shapes(reference.init(jax.random.key(1), x)["params"], params)
+
+  def conv_then_pool(params, x):
+    y = reference.apply({"params": params}, x)
+    return nn.avg_pool(y, (stride, stride), strides=(stride, stride))
+
+  def loss(apply):
+    return lambda params, x: jnp.sum(jnp.sin(apply(params, x)))
+
+  ours = lambda params, x: pooled.apply({"params": params}, x)
+  chex.assert_trees_all_close(ours(params, x), conv_then_pool(params, x), atol=1e-5)
+  chex.assert_trees_all_close(jax.grad(loss(ours), argnums=(0, 1))(params, x),
+                              jax.grad(loss(conv_then_pool), argnums=(0, 1))(params, x),
+                              atol=1e-5)
+  assert ours(params, x).shape == (2, 8 // stride, 8 // stride, 7)
