@@ -134,7 +134,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   train_step = jax.jit(make_train_step(model, strategy, config, steps_per_epoch),
                        in_shardings=(replicated, parallel.batch_sharded(mesh), replicated),
                        out_shardings=(replicated, replicated), donate_argnums=0)
-  eval_step = jax.jit(make_eval_step(model, config))
+  eval_step = jax.jit(make_eval_step(model, config),
+                      in_shardings=(replicated, parallel.batch_sharded(mesh), replicated),
+                      out_shardings=replicated)
 
   writer = metric_writers.create_default_writer(workdir,
                                                 just_logging=jax.process_index() > 0)
