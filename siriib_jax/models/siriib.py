@@ -88,7 +88,7 @@ class PooledConv(nn.Module):
   kernel averaged over the stride² shifts of a pooling window: the same function (up to
   the order of summation) in 1/stride² of the convolution's work, e.g. 3×3 64 → 128 at
   32×32 then 2×2 pooling: 0.46 s instead of 0.77 s forward + input gradient (batch 128,
-  this CPU). Parameters `kernel` (k, k, C_in, features) and `bias`, as `nn.Conv`'s;
+  this CPU, beside another job). Parameters `kernel` (k, k, C_in, features) and `bias`, as `nn.Conv`'s;
   `paper_macs` is the MAC count of the convolution at full resolution, which the paper
   counts (`complexity.py`).
 
