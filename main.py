@@ -26,6 +26,7 @@ from siriib_jax.config_validation import check_known_keys
 from siriib_jax.data import DatasetNotFoundError
 from siriib_jax.evaluation import command as evaluation_command
 from siriib_jax.train import NonFiniteLossError, train_and_evaluate
+from siriib_jax.xla_cpu import use_eigen_convolutions
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "ml_collections config file.",
                                           lock_config=True)
@@ -47,6 +48,7 @@ class _QuietOrbax(python_logging.Filter):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  use_eigen_convolutions()  # Before JAX initialises its backends (siriib_jax/xla_cpu.py).
   logging.get_absl_handler().addFilter(_QuietOrbax())
   if _MULTIHOST.value:
     jax.distributed.initialize()

@@ -13,7 +13,8 @@ subset, `--seed`):
 * AutoAttack standard: siriib_jax `AutoAttack` (cold: with compilation; and warm: a second
   call) against `pyautoattack.AutoAttack(version='standard')`, the official code.
 
-Reported: wall time, the ratio siriib_jax / PyTorch, robust accuracy of each.
+Reported: wall time, the ratio siriib_jax / PyTorch, robust accuracy of each. JAX runs with
+XLA's Eigen convolutions, as `main.py` does (`siriib_jax/xla_cpu.py`).
 
     python bench/attacks.py --help
     python bench/attacks.py --n 500 --train-steps 800
@@ -31,6 +32,10 @@ ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "..", "shared", "data"))
+
+from siriib_jax.xla_cpu import use_eigen_convolutions  # pylint: disable=wrong-import-position
+
+use_eigen_convolutions()  # As main.py runs; before JAX initialises its backends.
 
 import flax.linen as nn  # pylint: disable=wrong-import-position
 import jax  # pylint: disable=wrong-import-position

@@ -38,6 +38,7 @@ from configs import default  # noqa: E402  pylint: disable=wrong-import-position
 from siriib_jax.data import stratified_subset  # noqa: E402
 from siriib_jax.evaluation import command  # noqa: E402
 from siriib_jax.train import train_and_evaluate  # noqa: E402
+from siriib_jax.xla_cpu import use_eigen_convolutions  # noqa: E402
 
 
 def _load_cifar10(shared: pathlib.Path):
@@ -100,6 +101,7 @@ def evaluate(config, workdir: pathlib.Path, attacks, subset_size: int) -> dict:
 
 
 def main():
+  use_eigen_convolutions()  # As main.py runs.
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--out", required=True, type=pathlib.Path)
   parser.add_argument("--shared", type=pathlib.Path, default=REPO.parent / "shared" / "data")

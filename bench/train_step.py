@@ -13,6 +13,8 @@ is each step's own working-set growth), plus XLA's own temp + output buffer size
     python bench/train_step.py --batch-size 128 --repeats 3 --models resnet18,resnet18_sr \
         --modes pgd10,plain
 
+The JAX side runs with XLA's Eigen convolutions, as `main.py` does (`siriib_jax/xla_cpu.py`);
+`--ynnpack` keeps XLA's default YNNPACK convolutions instead.
 `--xla-flags` is appended to XLA_FLAGS before jax is imported; `--half-precision` runs the
 JAX step in bf16 (config.half_precision, float32 parameters; PyTorch stays float32).
 Needs torch (bench/requirements.txt) and ../shared/data (CIFAR-10 pixels).
@@ -40,6 +42,8 @@ def _parse_args(argv=None):
   p.add_argument("--attack-steps", type=int, default=10, help="PGD steps of mode pgd10")
   p.add_argument("--frameworks", default="jax,torch", help="comma list of jax, torch")
   p.add_argument("--xla-flags", default="", help="appended to XLA_FLAGS")
+  p.add_argument("--ynnpack", action="store_true",
+                 help="XLA's default YNNPACK convolutions, not main.py's Eigen ones")
   p.add_argument("--half-precision", action="store_true", help="bf16 compute in JAX")
   p.add_argument("--no-unroll", action="store_true", help="config.attack.unroll = False")
   p.add_argument("--torch-threads", type=int, default=0, help="0: torch's default")
@@ -160,6 +164,9 @@ def main(argv=None):
   if args.xla_flags:
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + args.xla_flags).strip()
   sys.path.insert(0, ROOT)
+  if not args.ynnpack:
+    from siriib_jax.xla_cpu import use_eigen_convolutions  # pylint: disable=import-outside-toplevel
+    use_eigen_convolutions()
   import jax  # pylint: disable=import-outside-toplevel
   frameworks = args.frameworks.split(",")
   images, labels = _batch(args.batch_size)

@@ -10,6 +10,10 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from configs import default  # noqa: E402  pylint: disable=wrong-import-position
+from siriib_jax.xla_cpu import use_eigen_convolutions  # noqa: E402
+
+# As main.py runs; before the first computation initialises the backend.
+use_eigen_convolutions()
 
 
 # Tests build the same small steps again and again (each `train_and_evaluate` jits anew):

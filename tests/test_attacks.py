@@ -11,6 +11,7 @@ import pytest
 
 from siriib_jax import attacks
 from siriib_jax.attacks.apgd import checkpoints
+from siriib_jax.attacks.autoattack import SIZES, bucket_size
 from siriib_jax.attacks.gradients import Candidate, ImageLoss, worst_case
 from tests.linear_oracle import critical_eps, linear_logits, robust
 
@@ -168,6 +169,15 @@ def test_autoattack_robustness_is_and_over_components(norm):
     assert not (component.success & ~component.attacked).any()
     still_robust = still_robust & ~component.success
   np.testing.assert_array_equal(~result.success, still_robust)
+
+
+@pytest.mark.parametrize("bucket", [1, 7, 8, 64, 256, 500])
+def test_autoattack_chunks_pad_little_to_few_sizes(bucket):
+  sizes = [bucket_size(n, bucket) for n in range(1, bucket + 1)]
+  granule = -(-bucket // SIZES)
+  assert all(n <= size <= bucket and size - n < granule
+             for n, size in zip(range(1, bucket + 1), sizes))
+  assert len(set(sizes)) <= SIZES
 
 
 def test_autoattack_counts_clean_errors_and_reuses_compilations():

@@ -13,8 +13,9 @@ AutoAttack's robustness is the logical AND of its components' (the worst case pe
 
 Selection runs on the host, since shapes inside `jit` are static: the robust points are
 gathered, cut into chunks of at most `bucket` (default: the batch size) and each chunk is
-padded, by repeating its first point, to the next power of two (at most `bucket`); each
-attack is jitted once and so compiles at most once per bucket size, ⌈log₂ B⌉ + 1 shapes.
+padded, by repeating its first point, to the next multiple of ⌈bucket / 8⌉ (at most
+`bucket`); each attack is jitted once and so compiles for at most 8 chunk sizes, and a
+chunk carries fewer than ⌈bucket / 8⌉ padding points.
 Pass `logits_fn` as a `jax.tree_util.Partial(apply_fn, params)`: it is then a jit argument
 (a plain function is wrapped, and any arrays it closes over become compile-time constants).
 
@@ -72,9 +73,15 @@ def components(eps: float, norm: str = "linf", version: str = "standard"):
   raise ValueError(f"version must be one of {VERSIONS}, got {version!r}")
 
 
+# A chunk is padded to a multiple of ⌈bucket / SIZES⌉: at most SIZES shapes to compile.
+SIZES = 8
+
+
 def bucket_size(n: int, bucket: int) -> int:
-  """The padded size of a chunk of n ≤ bucket points: the next power of two, ≤ bucket."""
-  return min(1 << max(n - 1, 0).bit_length(), bucket)
+  """The padded size of a chunk of 1 ≤ n ≤ bucket points: the next multiple of
+  ⌈bucket / SIZES⌉, at most `bucket`."""
+  granule = -(-bucket // SIZES)
+  return min(-(-n // granule) * granule, bucket)
 
 
 class AutoAttack:

@@ -1,17 +1,31 @@
-"""A drop-in `lax.conv_general_dilated` whose kernel gradient is a sum of matrix products.
+"""A drop-in `lax.conv_general_dilated` whose gradients run fast on XLA's CPU backend.
 
 On XLA's CPU backend the kernel gradient of a convolution ("backprop filter") runs as a
 convolution whose window is the whole feature map, which is many times slower than the
 forward pass for large maps: measured here (2 AVX-512 cores, batch 32, 3×3, 64 → 64
 channels at 32×32) 1.14 s against 0.065 s forward and 0.124 s in PyTorch. Written as
 `Σ_{kh, kw} patch(kh, kw)ᵀ · ∂y` — one (B·H'·W', C_in)ᵀ × (B·H'·W', C_out) product per
-kernel tap — the same gradient costs about as much as the forward pass.
+kernel tap — the same gradient costs about as much as the forward pass. (That slow kernel
+gradient is YNNPACK's, the default; with `xla_cpu.use_eigen_convolutions`, as `main.py`
+runs, XLA's own kernel gradient is faster than this one: batch 128, 3×3, forward + kernel
+gradient at 32×32, 64 → 64: 193–287 ms against 379 ms, and YNNPACK's 2.5 s; at 16×16,
+128 → 128: 157 ms against 254 ms. This form stays, so that a library user who does not set
+the option is not 13× slower.)
+
+The input gradient is written out as a plain NHWC/HWIO convolution of the (stride-dilated)
+output gradient with the kernel flipped in space and transposed in its channels. That is
+the convolution JAX's own transpose rule describes, but JAX leaves the flip as a `rev` and
+the transpose in the dimension numbers, and inside a rolled `lax.fori_loop`/`while` XLA's
+CPU backend then runs it many times slower: measured here (2 AVX-512 cores, batch 128,
+3×3, 32 → 32 channels at 32×32, 10 loop steps) 6.6–6.7 s rolled against 0.23–0.55 s
+unrolled, while the explicit form takes the same time rolled or not. Attacks whose loops
+stay rolled (APGD, FAB, Square: 100 steps and more) depend on this.
 
 `conv_general_dilated` takes this path for NHWC/HWIO convolutions without dilation or
-feature groups and with explicit non-negative or VALID padding (every convolution of the package's
-models); anything else goes to `lax.conv_general_dilated` unchanged. The forward pass and
-the input gradient are XLA's own, so values are identical and gradients equal up to the
-order of floating-point summation. Pass it to `flax.linen.Conv(conv_general_dilated=…)`.
+feature groups and with explicit non-negative or VALID padding (every convolution of the
+package's models); anything else goes to `lax.conv_general_dilated` unchanged. The forward
+pass is XLA's own, so values are identical and gradients equal up to the order of
+floating-point summation. Pass it to `flax.linen.Conv(conv_general_dilated=…)`.
 """
 
 import functools
@@ -37,10 +51,21 @@ def _conv_nhwc_fwd(x, w, strides, padding, precision):
   return _lax_conv(x, w, strides, padding, precision), (x, w)
 
 
+def _input_gradient(g, w, in_hw, strides, padding, precision):
+  """∂L/∂x (B, H, W, C_in) of `_lax_conv` from g = ∂L/∂y (B, H', W', C_out): g dilated by
+  the strides, convolved (stride 1) with w flipped in space, C_in ↔ C_out."""
+  kernel = jnp.transpose(w[::-1, ::-1], (0, 1, 3, 2))
+  dilated_padding = []
+  for size, k, s, (lo, _), out in zip(in_hw, w.shape[:2], strides, padding, g.shape[1:3]):
+    before = k - 1 - lo
+    dilated_padding.append((before, size + k - 1 - ((out - 1) * s + 1) - before))
+  return lax.conv_general_dilated(g, kernel, (1, 1), dilated_padding, lhs_dilation=strides,
+                                  dimension_numbers=_NHWC, precision=precision)
+
+
 def _conv_nhwc_bwd(strides, padding, precision, residuals, g):
   x, w = residuals
-  _, input_vjp = jax.vjp(lambda x: _lax_conv(x, w, strides, padding, precision), x)
-  dx, = input_vjp(g)
+  dx = _input_gradient(g, w, x.shape[1:3], strides, padding, precision).astype(x.dtype)
   batch, _, _, c_in = x.shape
   kh, kw, _, c_out = w.shape
   out_h, out_w = g.shape[1:3]
@@ -65,7 +90,7 @@ _conv_nhwc.defvjp(_conv_nhwc_fwd, _conv_nhwc_bwd)
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
                          rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
                          precision=None, **kwargs):
-  """`lax.conv_general_dilated` with a matmul kernel gradient where it applies (see the
+  """`lax.conv_general_dilated` with the gradients above where they apply (see the
   module docstring); same arguments and result."""
   fallback = functools.partial(
       lax.conv_general_dilated, lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,

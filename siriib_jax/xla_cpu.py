@@ -1,0 +1,32 @@
+"""The XLA CPU option siriib_jax runs with: convolutions on XLA's multi-threaded Eigen path.
+
+jax 0.10's CPU backend hands convolutions (and some dots and elementwise fusions) to
+YNNPACK "fusions" by default, and in this build those run on one thread: on the 2-core
+machine of BENCHMARKS.md a 3×3 convolution (batch 128, 32 → 32 channels at 32×32) takes
+the same time pinned to one core as on two, 51–54 ms, and 21–24 ms on XLA's Eigen path,
+which uses both. The debug option `xla_cpu_experimental_ynn_fusion_type`, set empty, turns
+the YNNPACK fusions off. GPU and TPU backends ignore it.
+
+XLA reads `XLA_FLAGS` once, when JAX initialises its backends (the first computation or
+device query of the process), so `use_eigen_convolutions` must run before that; `main.py`
+calls it first thing. A value the user already set for the option in `XLA_FLAGS` is kept.
+"""
+
+import os
+from typing import MutableMapping
+
+OPTION = "xla_cpu_experimental_ynn_fusion_type"
+FLAG = f"--{OPTION}="
+
+
+def use_eigen_convolutions(environ: MutableMapping[str, str] = os.environ) -> bool:
+  """Appends `FLAG` to `environ['XLA_FLAGS']` unless it already sets `OPTION`.
+
+  Returns:
+    Whether `XLA_FLAGS` was changed.
+  """
+  flags = environ.get("XLA_FLAGS", "")
+  if f"--{OPTION}" in flags:
+    return False
+  environ["XLA_FLAGS"] = f"{flags} {FLAG}".strip()
+  return True
