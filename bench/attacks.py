@@ -24,6 +24,7 @@ Needs torch and pyautoattack (bench/requirements.txt) and ../shared/data.
 
 import argparse
 import json
+import logging
 import os
 import sys
 import time
@@ -37,6 +38,7 @@ from siriib_jax.xla_cpu import use_eigen_convolutions  # pylint: disable=wrong-i
 
 use_eigen_convolutions()  # As main.py runs; before JAX initialises its backends.
 
+import flax  # pylint: disable=wrong-import-position
 import flax.linen as nn  # pylint: disable=wrong-import-position
 import jax  # pylint: disable=wrong-import-position
 import jax.numpy as jnp  # pylint: disable=wrong-import-position
@@ -95,7 +97,12 @@ def _parse_args(argv=None):
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--train-steps", type=int, default=800, help="FGSM-AT steps, batch 128")
   p.add_argument("--skip-aa", action="store_true", help="PGD-20 only")
+  p.add_argument("--aa-frameworks", default="jax,torch",
+                 help="whose AutoAttack to run: comma list of jax, torch")
   p.add_argument("--no-warm-aa", action="store_true", help="skip the second (warm) JAX AA")
+  p.add_argument("--params", default="",
+                 help="file of the trained CNN's parameters: loaded if it exists, else "
+                      "written after training")
   p.add_argument("--json", default="")
   return p.parse_args(argv)
 
@@ -168,7 +175,16 @@ def main(argv=None):
   args = _parse_args(argv)
   out = {"n": args.n, "seed": args.seed, "load_start": _load(),
          "torch_threads": torch.get_num_threads()}
-  model, params = train(args.train_steps, args.seed)
+  if args.params and os.path.exists(args.params):
+    model = SmallCNN()
+    template = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))["params"]
+    with open(args.params, "rb") as f:
+      params = flax.serialization.from_bytes(template, f.read())
+  else:
+    model, params = train(args.train_steps, args.seed)
+    if args.params:
+      with open(args.params, "wb") as f:
+        f.write(flax.serialization.to_bytes(params))
   images, labels = cifar.load("cifar10", "test")
   idx = stratified_subset(labels, args.n, args.seed)
   x_np = images[idx].astype(np.float32) / 255.0
@@ -214,28 +230,34 @@ def main(argv=None):
 
   if not args.skip_aa:
     import pyautoattack  # pylint: disable=import-outside-toplevel
+    aa_log = logging.getLogger("auto-attack")  # Its per-attack times are debug lines.
+    aa_log.setLevel(logging.DEBUG)
+    aa_log.addHandler(logging.StreamHandler(sys.stdout))
     jax_aa = AutoAttack(EPS, "linf", "standard")
     runs = [("cold", 1), ("warm", 2)] if not args.no_warm_aa else [("cold", 1)]
     for name, salt in runs:
-      start = time.perf_counter()
-      res = jax_aa(logits_fn, x_np, y_np, jax.random.PRNGKey(args.seed + salt))
-      out[f"aa_jax_{name}_s"] = time.perf_counter() - start
-      out[f"aa_robust_jax_{name}"] = float(1 - res.success.mean())
-      out[f"aa_jax_{name}_components"] = {k: int(v.success.sum())
-                                          for k, v in res.components.items()}
-      print(json.dumps(out), flush=True)
-      if name == "cold":
+      if "jax" in args.aa_frameworks.split(","):
+        start = time.perf_counter()
+        res = jax_aa(logits_fn, x_np, y_np, jax.random.PRNGKey(args.seed + salt))
+        out[f"aa_jax_{name}_s"] = time.perf_counter() - start
+        out[f"aa_robust_jax_{name}"] = float(1 - res.success.mean())
+        out[f"aa_jax_{name}_components"] = {
+            k: {"broken": int(v.success.sum()), "seconds": round(v.seconds, 1)}
+            for k, v in res.components.items()}
+        print(json.dumps(out), flush=True)
+      if name == "cold" and "torch" in args.aa_frameworks.split(","):
         adversary = pyautoattack.AutoAttack(torch_model, eps=EPS, norm="Linf",
                                             version="standard", seed=args.seed, device="cpu")
         start = time.perf_counter()
-        x_adv_aa = adversary.run_standard_evaluation(x_t, y_t, batch_size=args.n)
+        x_adv_aa, _ = adversary.run_standard_evaluation(x_t, y_t, batch_size=args.n)
         out["aa_torch_s"] = time.perf_counter() - start
         with torch.no_grad():
           out["aa_robust_torch"] = float(
               (torch_model(x_adv_aa).argmax(-1) == y_t).float().mean())
         print(json.dumps(out), flush=True)
-    out["aa_ratio_cold"] = out["aa_jax_cold_s"] / out["aa_torch_s"]
-    if "aa_jax_warm_s" in out:
+    if "aa_torch_s" in out and "aa_jax_cold_s" in out:
+      out["aa_ratio_cold"] = out["aa_jax_cold_s"] / out["aa_torch_s"]
+    if "aa_jax_warm_s" in out and "aa_torch_s" in out:
       out["aa_ratio_warm"] = out["aa_jax_warm_s"] / out["aa_torch_s"]
   out["load_end"] = _load()
   print(json.dumps(out), flush=True)

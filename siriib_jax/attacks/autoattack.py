@@ -23,6 +23,7 @@ Pass `logits_fn` as a `jax.tree_util.Partial(apply_fn, params)`: it is then a ji
 """
 
 import functools
+import time
 from typing import Dict, NamedTuple, Optional
 
 import jax
@@ -41,9 +42,11 @@ EOT_SAMPLES = 20
 
 class ComponentResult(NamedTuple):
   """One attack of the ensemble: attacked (B,) bool, the points it ran on (those still
-  robust); success (B,) bool, the points it broke (False where not attacked)."""
+  robust); success (B,) bool, the points it broke (False where not attacked); seconds, its
+  wall time (compilation included)."""
   attacked: np.ndarray
   success: np.ndarray
+  seconds: float
 
 
 class AutoAttackResult(NamedTuple):
@@ -117,6 +120,7 @@ class AutoAttack:
     clean_success = np.asarray(self._predict(logits_fn, x, y, key_clean)) != y
     success, x_adv, results = clean_success.copy(), x.copy(), {}
     for i, (name, attack) in enumerate(self.attacks.items()):
+      started = time.perf_counter()
       attacked = ~success
       broken = np.zeros_like(success)
       for c, start in enumerate(range(0, int(attacked.sum()), bucket)):
@@ -129,7 +133,7 @@ class AutoAttack:
         broken[chunk] = chunk_success
         x_adv[chunk[chunk_success]] = np.asarray(result.x_adv)[:len(chunk)][chunk_success]
       success |= broken
-      results[name] = ComponentResult(attacked, broken)
+      results[name] = ComponentResult(attacked, broken, time.perf_counter() - started)
     return AutoAttackResult(x_adv, success, clean_success, results)
 
 

@@ -98,9 +98,10 @@ def to_markdown(report: Report) -> str:
               for r in adaptive]
   for name, cascade in report.autoattack.items():
     lines += ["", f"## AutoAttack cascade ({name})", "",
-              "| component | attacked | broken | accuracy after (%) |", "|---|---|---|---|"]
-    lines += [f"| {c} | {v['attacked']} | {v['broken']} | {100 * v['accuracy_after']:.2f} |"
-              for c, v in cascade.items()]
+              "| component | attacked | broken | accuracy after (%) | seconds |",
+              "|---|---|---|---|---|"]
+    lines += [f"| {c} | {v['attacked']} | {v['broken']} | {100 * v['accuracy_after']:.2f} | "
+              f"{v['seconds']:.1f} |" for c, v in cascade.items()]
   lines += ["", "## Gradient-masking checklist: " + ("pass" if report.passed else "**FAIL**"),
             "", "| check | result | details |", "|---|---|---|"]
   lines += [f"| {c.name} | {_status(c.passed)} | {c.details} |" for c in report.checklist]

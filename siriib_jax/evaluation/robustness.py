@@ -55,12 +55,12 @@ def _row(group, name, attack, label, family, spec: Optional[AttackSpec], robust,
 
 
 def _cascade(components, clean_correct) -> dict:
-  """AutoAttack's components in order: points attacked, broken, accuracy after."""
+  """AutoAttack's components in order: points attacked, broken, accuracy after, seconds."""
   robust, out = int(clean_correct.sum()), {}
   for name, part in components.items():
     robust -= int(part.success.sum())
     out[name] = {"attacked": int(part.attacked.sum()), "broken": int(part.success.sum()),
-                 "accuracy_after": robust / len(clean_correct)}
+                 "accuracy_after": robust / len(clean_correct), "seconds": part.seconds}
   return out
 
 

@@ -101,6 +101,8 @@ def run_attack(attack, fn, images: np.ndarray, labels: np.ndarray, key: jax.Arra
     if host_side:
       for name, component in result.components.items():
         parts.setdefault(name, []).append(component)
-  components = {name: ComponentResult(*(np.concatenate(a) for a in zip(*chunks)))
+  components = {name: ComponentResult(np.concatenate([c.attacked for c in chunks]),
+                                      np.concatenate([c.success for c in chunks]),
+                                      sum(c.seconds for c in chunks))
                 for name, chunks in parts.items()} if host_side else None
   return Outcome(x_adv, success, components, time.time() - started)
