@@ -18,8 +18,8 @@ the convolution JAX's own transpose rule describes, but JAX leaves the flip as a
 the transpose in the dimension numbers, and inside a rolled `lax.fori_loop`/`while` XLA's
 CPU backend then runs it many times slower: measured here (2 AVX-512 cores, batch 128,
 3×3, 32 → 32 channels at 32×32, 10 loop steps) 6.6–6.7 s rolled against 0.23–0.55 s
-unrolled, while the explicit form takes the same time rolled or not. Attacks whose loops
-stay rolled (APGD, FAB, Square: 100 steps and more) depend on this.
+unrolled, while the explicit form takes the same time rolled or not. Gradient attacks
+whose loops stay rolled (APGD and FAB: 100 steps and more) depend on this.
 
 `conv_general_dilated` takes this path for NHWC/HWIO convolutions without dilation or
 feature groups and with explicit non-negative or VALID padding (every convolution of the
