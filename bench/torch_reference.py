@@ -4,7 +4,9 @@ Written from SPEC §1–4 (never from public code): CIFAR ResNet-18 (3×3 stem, 
 ResNet-18-SR (SiRIIB: 4 SR blocks with rfft2 amplitude modulation, x_avg, c(·), p_i skips
 added to the stem conv output, stage 1 and stage 2), `L_svd` with `torch.linalg.svd`,
 `L_info`, `R_τ`, and the PGD-10 adversarial-training step (ε = 8/255, α = 2/255, random
-start, SGD momentum 0.9, weight decay 5e-4) as well as the plain (clean) step.
+start, SGD momentum 0.9, weight decay 5e-4) as well as the plain (clean) step. The step runs
+on the model's device (CPU or CUDA), optionally under bf16 autocast with the FFT and SVD in
+float32, as siriib_jax's `half_precision`.
 
 Module names follow the Flax parameter tree, so `load_flax_variables` copies a siriib_jax
 model's variables into the PyTorch one (NHWC kernels → NCHW) for identical-weight checks.
@@ -99,7 +101,7 @@ class SRBlock(nn.Module):
     self.eps = eps
 
   def forward(self, x):
-    y = self.orthogonal(x)
+    y = self.orthogonal(x).float()  # cuFFT has no bf16: the FFT runs in float32 under autocast.
     h, w = y.shape[-2:]
     spectrum = torch.fft.rfft2(y, dim=(-2, -1))
     amplitude = torch.sqrt(spectrum.real**2 + spectrum.imag**2 + self.eps**2)
@@ -193,6 +195,7 @@ def mse_per_example(a, b):
 def svd_loss(x_avg, x_clean):
   """(B,) `d(Σ_avg, Σ) + d(U_avg V_avgᵀ, U Vᵀ) + d(x_avg, x_clean)` per image and channel
   (NCHW: the matrices are the H×W of each channel)."""
+  x_avg, x_clean = x_avg.float(), x_clean.float()
   u_a, s_a, vh_a = torch.linalg.svd(x_avg, full_matrices=False)
   u_c, s_c, vh_c = torch.linalg.svd(x_clean, full_matrices=False)
   return (mse_per_example(s_a, s_c) + mse_per_example(u_a @ vh_a, u_c @ vh_c) +
@@ -204,7 +207,7 @@ def orthogonality_penalty(model: Classifier):
   for name, p in model.named_parameters():
     if name.endswith("orthogonal.weight"):
       w = p.reshape(p.shape[0], -1).t()  # (in=3, out=12), as the Flax kernel.
-      total = total + ((w @ w.t() - torch.eye(w.shape[0])) ** 2).sum()
+      total = total + ((w @ w.t() - torch.eye(w.shape[0], device=w.device)) ** 2).sum()
   return total
 
 
@@ -212,16 +215,20 @@ def orthogonality_penalty(model: Classifier):
 
 
 def augment(images: torch.Tensor, generator: torch.Generator, padding: int = 4):
-  """Random crop after zero padding and horizontal flip; NCHW float in [0, 1]."""
-  b, _, h, w = images.shape
+  """Random crop after zero padding and horizontal flip; NCHW float in [0, 1]. One gather
+  for the whole batch (no per-image loop, which costs a launch per image on a GPU)."""
+  b, c, h, w = images.shape
   padded = F.pad(images, (padding,) * 4)
-  offsets = torch.randint(0, 2 * padding + 1, (b, 2), generator=generator)
-  flips = torch.rand(b, generator=generator) < 0.5
-  out = torch.empty_like(images)
-  for i in range(b):
-    crop = padded[i, :, offsets[i, 0]:offsets[i, 0] + h, offsets[i, 1]:offsets[i, 1] + w]
-    out[i] = crop.flip(-1) if flips[i] else crop
-  return out
+  offsets = torch.randint(0, 2 * padding + 1, (b, 2), generator=generator,
+                          device=generator.device)
+  flips = torch.rand(b, generator=generator, device=generator.device) < 0.5
+  rows = offsets[:, :1] + torch.arange(h, device=images.device)  # (B, H)
+  cols = offsets[:, 1:] + torch.arange(w, device=images.device)  # (B, W)
+  cols = torch.where(flips[:, None], cols.flip(-1), cols)
+  index = (torch.arange(b, device=images.device)[:, None, None, None],
+           torch.arange(c, device=images.device)[None, :, None, None],
+           rows[:, None, :, None], cols[:, None, None, :])
+  return padded[index]
 
 
 def _set_bn_momentum(model: nn.Module, momentum: Optional[float]):
@@ -237,7 +244,7 @@ def pgd_linf(model: Classifier, x, y, eps=8 / 255, alpha=2 / 255, steps=10,
   `attack.batch_norm='train'`. Only the input gradient is computed."""
   _set_bn_momentum(model, 0.0)
   try:
-    delta = (torch.rand(x.shape, generator=generator) * 2 - 1) * eps
+    delta = (torch.rand(x.shape, generator=generator, device=x.device) * 2 - 1) * eps
     x_adv = (x + delta).clamp(0, 1)
     for _ in range(steps):
       x_adv.requires_grad_(True)
@@ -253,35 +260,39 @@ def pgd_linf(model: Classifier, x, y, eps=8 / 255, alpha=2 / 255, steps=10,
 class TrainStep:
   """One PGD-AT (or plain, `attack_steps=0`) SGD step of a `Classifier`, with SiRIIB's
   `L = CE(x_adv) + λ1 (L_svd + L_info) + λ2 R_τ` when the model has SiRIIB (the clean
-  forward pass runs first, then the adversarial one, as in siriib_jax)."""
+  forward pass runs first, then the adversarial one, as in siriib_jax). It runs on the
+  model's device; `bf16` runs the forward passes under bf16 autocast (float32 parameters)."""
 
   def __init__(self, model: Classifier, attack_steps: int = 10, lambda1: float = 20.0,
-               lambda2: float = 1e-4, seed: int = 0):
+               lambda2: float = 1e-4, seed: int = 0, bf16: bool = False):
     self.model = model
+    self.device = next(model.parameters()).device
+    self.bf16 = bf16
     self.attack_steps = attack_steps
     self.lambda1, self.lambda2 = lambda1, lambda2
     self.optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9,
                                      weight_decay=5e-4)
-    self.generator = torch.Generator().manual_seed(seed)
+    self.generator = torch.Generator(device=self.device).manual_seed(seed)
 
   def __call__(self, images_uint8_nchw: torch.Tensor, labels: torch.Tensor) -> float:
     model = self.model
     model.train()
-    x = augment(images_uint8_nchw.float() / 255.0, self.generator)
-    x_adv = x
-    if self.attack_steps:
-      x_adv = pgd_linf(model, x, labels, steps=self.attack_steps, generator=self.generator)
-    self.optimizer.zero_grad(set_to_none=True)
-    if model.siriib is not None:
-      _, _, features_clean = model(x)
-      logits, x_avg, features_adv = model(x_adv)
-      l_svd = svd_loss(x_avg, x)
-      l_info = sum(mse_per_example(a, c) for a, c in zip(features_adv, features_clean))
-      loss = (F.cross_entropy(logits, labels) + self.lambda1 * (l_svd + l_info).mean() +
-              self.lambda2 * orthogonality_penalty(model))
-    else:
-      logits, _, _ = model(x_adv)
-      loss = F.cross_entropy(logits, labels)
+    with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+      x = augment(images_uint8_nchw.float() / 255.0, self.generator)
+      x_adv = x
+      if self.attack_steps:
+        x_adv = pgd_linf(model, x, labels, steps=self.attack_steps, generator=self.generator)
+      self.optimizer.zero_grad(set_to_none=True)
+      if model.siriib is not None:
+        _, _, features_clean = model(x)
+        logits, x_avg, features_adv = model(x_adv)
+        l_svd = svd_loss(x_avg, x)
+        l_info = sum(mse_per_example(a, c) for a, c in zip(features_adv, features_clean))
+        loss = (F.cross_entropy(logits, labels) + self.lambda1 * (l_svd + l_info).mean() +
+                self.lambda2 * orthogonality_penalty(model))
+      else:
+        logits, _, _ = model(x_adv)
+        loss = F.cross_entropy(logits, labels)
     loss.backward()
     self.optimizer.step()
     return float(loss.detach())

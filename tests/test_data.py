@@ -136,6 +136,16 @@ def test_tiny_imagenet_builder_prepares_and_loads_without_tensorflow(tmp_path, m
   assert sorted(test.label) == sorted(sorted(wnids).index(w) for w in wnids[:30])
 
 
+def test_model_and_train_step_import_without_tfds():
+  # TFDS (and the TensorFlow it may pull in) is imported only when a TFDS split is read, so
+  # the train step runs where neither is installed (a GPU image, the npz source).
+  check = ("import sys, siriib_jax.data, siriib_jax.train_step, siriib_jax.attacks;"
+           "print('tensorflow_datasets' in sys.modules)")
+  fresh = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True,
+                         cwd=pathlib.Path(__file__).parent.parent, check=True)
+  assert fresh.stdout.strip() == "False", fresh.stderr[-2000:]
+
+
 def test_missing_tfds_data_fails_fast_naming_data_dir(tmp_path):
   start = time.perf_counter()
   with pytest.raises(data.DatasetNotFoundError) as error:

@@ -3,17 +3,17 @@
 TFDS datasets are read through `tfds.data_source` (ArrayRecord files, random
 access, no TensorFlow needed), `name = "npz"` from `{data_dir}/{split}.npz`,
 `cifar10_sample` from the package. See docs/data.md for why.
+TFDS is imported only when a TFDS split is read, so that the model, attack and train-step
+modules import without it (and without TensorFlow, which TFDS may pull in).
 """
 
 import ml_collections
 import numpy as np
-import tensorflow_datasets as tfds
 
 from siriib_jax import config_errors
 from siriib_jax.data import arrays
 from siriib_jax.data import sample
 from siriib_jax.data import specs
-from siriib_jax.data import tiny_imagenet  # pylint: disable=unused-import  (registers the builder)
 
 
 class DatasetNotFoundError(config_errors.ConfigError):
@@ -32,6 +32,7 @@ def prepare_command(dataset: ml_collections.ConfigDict) -> str:
   data_dir = dataset.data_dir or "~/tensorflow_datasets"
   command = f"python -m siriib_jax.data.prepare {tfds_name(dataset)} --data_dir {data_dir}"
   if dataset.name == "tiny_imagenet":
+    from siriib_jax.data import tiny_imagenet  # pylint: disable=g-import-not-at-top
     return command + f" --manual_dir DIR_WITH_{tiny_imagenet.ZIP_NAME}"
   return "pip install tensorflow-cpu && " + command
 
@@ -62,6 +63,8 @@ def load_split(dataset: ml_collections.ConfigDict, split: str) -> arrays.Arrays:
 
 def _load_tfds(dataset: ml_collections.ConfigDict, split: str) -> arrays.Arrays:
   """Decodes every example of a prepared TFDS split (ArrayRecord) into memory."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  from siriib_jax.data import tiny_imagenet  # pylint: disable=g-import-not-at-top,unused-import  (registers the builder)
   name = tfds_name(dataset)
   builder = tfds.builder(name, data_dir=dataset.data_dir or None)
   if not builder.is_prepared():
