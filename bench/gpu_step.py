@@ -30,12 +30,15 @@ are not included. Images are random, never zeros.
     python bench/gpu_step.py --variants resnet18:bf16:128,resnet18_sr:bf16:128 \
         --epoch resnet18_sr:bf16:128 --json /tmp/gpu.json
 
-A variant is `model:precision:batch[:unroll]` (precision bf16 or fp32; `unroll` keeps
-the default config's unrolled PGD loop, otherwise the loop is rolled). Needs torch with CUDA
+A variant is `model:precision:batch[:option+option…]` (precision bf16 or fp32). Options:
+`unroll` keeps the default config's unrolled PGD loop (otherwise the loop is rolled);
+`laxgrad` gives the convolutions JAX's own gradients instead of `models/conv.py`'s
+(which are written for XLA:CPU); `sr32` keeps the SiRIIB branch in float32 under bf16. Needs torch with CUDA
 (without it, `--frameworks jax`); does not read ../shared.
 """
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -59,7 +62,7 @@ def _parse_args(argv=None):
                  "resnet18:fp32:128,resnet18:bf16:512,resnet18:bf16:128:unroll",
                  help="comma list of model:precision:batch[:unroll]")
   p.add_argument("--epoch", default="resnet18_sr:bf16:128",
-                 help="variant (one of --variants) to time a whole epoch with; '' for none")
+                 help="comma list of variants (of --variants) to time a whole epoch with")
   p.add_argument("--repeats", type=int, default=10, help="timed steps per framework")
   p.add_argument("--warmup", type=int, default=3, help="untimed steps per framework")
   p.add_argument("--attack-steps", type=int, default=10)
@@ -86,20 +89,47 @@ def _random_batch(batch_size: int, seed: int = 0):
           rng.randint(0, 10, batch_size).astype(np.int32))
 
 
-def _measured_bf16_tflops(n: int, repeats: int = 10) -> float:
-  """TFLOP/s of a bf16 n³ matrix product through XLA (median of `repeats`)."""
+def _measured_bf16_tflops(n: int, repeats: int = 5, products: int = 20) -> float:
+  """TFLOP/s of a bf16 n³ matrix product through XLA: the median over `repeats` of
+  `products` back-to-back products, after 5 such rounds of warm-up (clocks ramp up)."""
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   keys = jax.random.split(jax.random.key(0), 2)
   a, b = (jax.random.normal(k, (n, n), jnp.bfloat16) for k in keys)
   matmul = jax.jit(lambda a, b: a @ b)
-  jax.block_until_ready(matmul(a, b))
   times = []
-  for _ in range(repeats):
+  for _ in range(5 + repeats):
     start = time.perf_counter()
-    jax.block_until_ready(matmul(a, b))
-    times.append(time.perf_counter() - start)
-  return 2 * n**3 / statistics.median(times) / 1e12
+    jax.block_until_ready([matmul(a, b) for _ in range(products)])
+    times.append((time.perf_counter() - start) / products)
+  return 2 * n**3 / statistics.median(times[5:]) / 1e12
+
+
+@contextlib.contextmanager
+def _lax_conv_gradients(enabled: bool):
+  """While tracing: the package's convolutions differentiate with JAX's own rules."""
+  from siriib_jax.models import conv  # pylint: disable=import-outside-toplevel
+  custom = conv._conv_nhwc  # pylint: disable=protected-access
+  if enabled:
+    conv._conv_nhwc = conv._lax_conv  # pylint: disable=protected-access
+  try:
+    yield
+  finally:
+    conv._conv_nhwc = custom  # pylint: disable=protected-access
+
+
+@contextlib.contextmanager
+def _siriib_float32(enabled: bool):
+  """While building: the SiRIIB branch computes in float32 whatever the model's dtype."""
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  from siriib_jax.models import classifier  # pylint: disable=import-outside-toplevel
+  siriib = classifier.SiRIIB
+  if enabled:
+    classifier.SiRIIB = lambda **kwargs: siriib(**{**kwargs, "dtype": jnp.float32})
+  try:
+    yield
+  finally:
+    classifier.SiRIIB = siriib
 
 
 def _macs(model_name: str) -> int:
@@ -130,7 +160,8 @@ def _torch_runner(model_name, bf16, attack_steps, images, labels, device):
 
 
 def _epoch(compiled, state, key, batch_size: int, train_size: int):
-  """Seconds and steps of one epoch of the product's input pipeline into `compiled`."""
+  """One epoch of the product's input pipeline into `compiled`: (seconds, steps, summary of
+  the step metrics: loss first / last / max, R_τ max, non-finite (skipped) steps), state."""
   import jax  # pylint: disable=import-outside-toplevel
   from configs.default import get_config  # pylint: disable=import-outside-toplevel
   from siriib_jax.data import InputPipeline  # pylint: disable=import-outside-toplevel
@@ -144,12 +175,21 @@ def _epoch(compiled, state, key, batch_size: int, train_size: int):
     first = data.train_batch(0)  # Reads the arrays before the clock starts.
     del first
     start = time.perf_counter()
-    metrics = None
+    history = []
     for step in range(data.steps_per_epoch):
       batch = jax.device_put(data.train_batch(step))
       state, metrics = compiled(state, batch, key)
-    jax.block_until_ready((state, metrics))
-    return time.perf_counter() - start, data.steps_per_epoch, float(metrics["loss"]), state
+      history.append(metrics)
+    jax.block_until_ready((state, history))
+    seconds = time.perf_counter() - start
+  history = jax.device_get(history)
+  loss = np.array([m["loss"] for m in history])
+  summary = {"loss_first": float(loss[0]), "loss_last": float(loss[-1]),
+             "loss_max": float(np.max(loss)),
+             "skipped_steps": int(sum(m["finite"] < 1 for m in history))}
+  if "r_tau" in history[0]:
+    summary["r_tau_max"] = float(max(m["r_tau"] for m in history))
+  return seconds, data.steps_per_epoch, summary, state
 
 
 def main(argv=None):
@@ -179,11 +219,14 @@ def main(argv=None):
 
 
 def _variant(args, variant, info, frameworks, macs) -> dict:
-  """Times one `model:precision:batch[:unroll]` variant (and the epoch, if it is --epoch)."""
-  model_name, precision, batch_size, *loop = variant.split(":")
+  """Times one variant (and its epoch, if --epoch names it)."""
+  model_name, precision, batch_size, *options = variant.split(":")
+  options = set(options[0].split("+")) if options else set()
   batch_size, bf16 = int(batch_size), precision == "bf16"
-  if model_name not in ("resnet18", "resnet18_sr") or precision not in ("bf16", "fp32"):
-    raise ValueError(f"{variant!r}: expected (resnet18|resnet18_sr):(bf16|fp32):batch")
+  if (model_name not in ("resnet18", "resnet18_sr") or precision not in ("bf16", "fp32")
+      or not options <= {"unroll", "laxgrad", "sr32"}):
+    raise ValueError(f"{variant!r}: expected (resnet18|resnet18_sr):(bf16|fp32):batch"
+                     "[:unroll+laxgrad+sr32]")
   if model_name not in macs:
     macs[model_name] = _macs(model_name)
   images, labels = _random_batch(batch_size)
@@ -191,9 +234,10 @@ def _variant(args, variant, info, frameworks, macs) -> dict:
   runners = {}
   if "jax" in frameworks:
     step_args = argparse.Namespace(attack_steps=args.attack_steps, half_precision=bf16,
-                                   no_unroll=loop != ["unroll"], batch_size=batch_size)
-    compiled, state, batch, key, row["jax_compile_s"], row["jax_xla_bytes"] = _jax_step(
-        model_name, "pgd10", step_args, images, labels)
+                                   no_unroll="unroll" not in options, batch_size=batch_size)
+    with _lax_conv_gradients("laxgrad" in options), _siriib_float32("sr32" in options):
+      compiled, state, batch, key, row["jax_compile_s"], row["jax_xla_bytes"] = _jax_step(
+          model_name, "pgd10", step_args, images, labels)
     holder = {"state": state}
 
     def run_jax(compiled=compiled, batch=batch, key=key, holder=holder):
@@ -228,8 +272,8 @@ def _variant(args, variant, info, frameworks, macs) -> dict:
     row["torch_peak_mib"] = torch_peak() / 2**20
   if len(runners) == 2:
     row["ratio_jax_over_torch"] = row["jax_median_ms"] / row["torch_median_ms"]
-  if variant == args.epoch and "jax" in runners:
-    (row["epoch_s"], row["epoch_steps"], row["epoch_last_loss"],
+  if variant in args.epoch.split(",") and "jax" in runners:
+    (row["epoch_s"], row["epoch_steps"], row["epoch_metrics"],
      holder["state"]) = _epoch(compiled, holder["state"], key, batch_size, args.train_size)
   return row
 
