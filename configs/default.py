@@ -82,7 +82,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.optimizer.weight_decay = 5e-4
   config.optimizer.decay_epochs = (100, 150)  # The learning rate is multiplied by
   config.optimizer.decay_factor = 0.1  # decay_factor at each of these epochs.
-  config.half_precision = False  # bf16 compute, float32 parameters (for GPU and TPU).
+  # bf16 compute in the backbone (the SiRIIB branch stays float32), float32 parameters;
+  # for GPU and TPU.
+  config.half_precision = False
 
   # Validation (clean and PGD-20 on dataset.validation_size held-out training examples).
   config.eval_every_epochs = 1

@@ -60,3 +60,18 @@ def test_input_gradient_is_a_plain_forward_convolution(stride):
   expected = lax.conv_dimension_numbers(x.shape, w.shape, _NHWC)
   assert len(convs) == 2  # The forward pass and the input gradient.
   assert all(eqn.params["dimension_numbers"] == expected for eqn in convs)
+
+
+def test_gpu_and_tpu_keep_xla_gradients(monkeypatch):
+  """Off the CPU backend the convolution is `lax.conv_general_dilated` itself, whose
+  gradients (cuDNN's on a GPU) are faster there; on the CPU the kernel gradient is the
+  per-tap matmul form."""
+  x = jnp.ones((2, 8, 8, 5))
+  w = jnp.ones((3, 3, 5, 7))
+  loss = lambda x, w: jnp.sum(conv_general_dilated(x, w, (1, 1), ((1, 1), (1, 1)),
+                                                   dimension_numbers=_NHWC))
+  count = lambda: str(jax.make_jaxpr(jax.grad(loss, argnums=(0, 1)))(x, w)).count("dot_general")
+  assert count() == 9  # One (B·H·W, C_in)ᵀ × (B·H·W, C_out) product per kernel tap.
+  for backend in ("gpu", "tpu"):
+    monkeypatch.setattr(jax, "default_backend", lambda backend=backend: backend)
+    assert count() == 0

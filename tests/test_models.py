@@ -106,8 +106,11 @@ def test_half_precision_keeps_float32_parameters(config):
   model = create_model(config.model, 16, dtype=jnp.bfloat16)
   x, variables = _init(model, 16)
   assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(variables["params"]))
-  out = model.apply(variables, x)
+  out, inner = model.apply(variables, x, capture_intermediates=True)
   assert out.logits.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(out.logits)))
+  # The backbone computes in bf16, the SiRIIB branch in float32 (its losses diverge in bf16).
+  assert inner["intermediates"]["backbone"]["stem_conv"]["__call__"][0].dtype == jnp.bfloat16
+  assert all(f.dtype == jnp.float32 for f in out.features) and out.x_avg.dtype == jnp.float32
 
 
 @pytest.mark.parametrize("key,value,fragment", [

@@ -94,8 +94,13 @@ def validate_model_config(config: ml_collections.ConfigDict, image_size: int) ->
 
 def create_model(config: ml_collections.ConfigDict, image_size: int,
                  dtype: Any = jnp.float32) -> Classifier:
-  """Builds the classifier that `config` (the `model` block) names; `dtype` is the compute
-  dtype (parameters stay float32)."""
+  """Builds the classifier that `config` (the `model` block) names; `dtype` is the
+  backbone's compute dtype (parameters stay float32).
+
+  The SiRIIB branch computes in float32 whatever `dtype`: with it in bf16, PGD-AT of
+  ResNet-18-SR with the paper's λ1, λ2 and learning rate made R_τ spike to ~1e9 within 20
+  steps and the loss reach Inf within the first epoch, which it did not with the branch in
+  float32 (BENCHMARKS.md §3). The branch is about a quarter of the model's MACs."""
   validate_model_config(config, image_size)
   backbone = BACKBONES[config.name](num_classes=config.num_classes,
                                     width_multiplier=config.width_multiplier, dtype=dtype)
@@ -108,5 +113,5 @@ def create_model(config: ml_collections.ConfigDict, image_size: int,
     s = config.siriib
     siriib = SiRIIB(scales=tuple(s.scales), num_skips=s.num_skips, variant=s.variant,
                     orth_channels=s.orth_channels, fft_eps=s.fft_eps,
-                    width_multiplier=config.width_multiplier, dtype=dtype)
+                    width_multiplier=config.width_multiplier, dtype=jnp.float32)
   return Classifier(backbone, siriib, tuple(config.mean), tuple(config.std))

@@ -21,9 +21,13 @@ CPU backend then runs it many times slower: measured here (2 AVX-512 cores, batc
 unrolled, while the explicit form takes the same time rolled or not. Gradient attacks
 whose loops stay rolled (APGD and FAB: 100 steps and more) depend on this.
 
-`conv_general_dilated` takes this path for NHWC/HWIO convolutions without dilation or
-feature groups and with explicit non-negative or VALID padding (every convolution of the
-package's models); anything else goes to `lax.conv_general_dilated` unchanged. The forward
+`conv_general_dilated` takes this path when JAX's default backend is the CPU, for NHWC/HWIO
+convolutions without dilation or feature groups and with explicit non-negative or VALID
+padding (every convolution of the package's models); anything else — and every convolution
+on GPU and TPU — goes to `lax.conv_general_dilated` unchanged. On a GPU XLA's own gradients
+(cuDNN's) are the better ones: measured on an H200 (bf16 PGD-10 step, batch 128) 23.0 ms
+against 23.6 ms for ResNet-18 and 48.8 against 51.0 ms for ResNet-18-SR, with 26 % and 53 %
+less XLA buffer memory (BENCHMARKS.md §3). The forward
 pass is XLA's own, so values are identical and gradients equal up to the order of
 floating-point summation. Pass it to `flax.linen.Conv(conv_general_dilated=…)`.
 """
@@ -90,12 +94,14 @@ _conv_nhwc.defvjp(_conv_nhwc_fwd, _conv_nhwc_bwd)
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
                          rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
                          precision=None, **kwargs):
-  """`lax.conv_general_dilated` with the gradients above where they apply (see the
-  module docstring); same arguments and result."""
+  """`lax.conv_general_dilated` with the gradients above where they apply (on the CPU
+  backend; see the module docstring); same arguments and result."""
   fallback = functools.partial(
       lax.conv_general_dilated, lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
       rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
       feature_group_count=feature_group_count, precision=precision, **kwargs)
+  if jax.default_backend() != "cpu":
+    return fallback()
   if isinstance(padding, str) and padding.upper() == "VALID":
     padding = ((0, 0), (0, 0))
   if (kwargs or lhs.ndim != 4 or rhs.ndim != 4 or feature_group_count != 1
