@@ -89,8 +89,8 @@ def test_siriib_losses_vanish_when_the_adversarial_input_is_the_clean_one(config
   config.model.siriib.scales = (16, 8)
   model = create_model(config.model, 16)
   x = jax.random.uniform(jax.random.key(8), (2, 16, 16, 3))
-  variables = model.init(jax.random.key(9), x)
-  out = model.apply(variables, x)
+  variables = jax.jit(model.init)(jax.random.key(9), x)  # Jitted: op by op takes ~50 s.
+  out = jax.jit(model.apply)(variables, x)
   terms = losses.siriib_terms(variables["params"], out.x_avg, out.x_avg, out.features,
                               out.features)
   np.testing.assert_allclose(terms.svd, 0.0, atol=1e-10)
@@ -103,7 +103,7 @@ def test_siriib_losses_vanish_when_the_adversarial_input_is_the_clean_one(config
     clean = model.apply({**variables, "params": params}, x)
     return jnp.mean(losses.info_loss(adv.features, clean.features))
 
-  value, grads = jax.value_and_grad(info)(variables["params"])
+  value, grads = jax.jit(jax.value_and_grad(info))(variables["params"])
   assert float(value) > 0
   assert float(jnp.abs(grads["siriib"]["projection0"]["kernel"]).max()) > 0
 
