@@ -82,6 +82,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.optimizer.weight_decay = 5e-4
   config.optimizer.decay_epochs = (100, 150)  # The learning rate is multiplied by
   config.optimizer.decay_factor = 0.1  # decay_factor at each of these epochs.
+  # > 0: scale the loss gradient down to this global norm before the decay and momentum.
+  # Not in the paper (0: off); it tames the R_τ spikes of SiRIIB (BENCHMARKS.md §3c).
+  config.optimizer.clip_global_norm = 0.0
   # bf16 compute in the backbone (the SiRIIB branch stays float32), float32 parameters;
   # for GPU and TPU.
   config.half_precision = False

@@ -45,6 +45,8 @@ def validate_training_config(config: ml_collections.ConfigDict) -> None:
          "it must be increasing positive epochs, e.g. (100, 150)")
   if not 0 < o.decay_factor <= 1:
     fail("optimizer.decay_factor", o.decay_factor, "it must be in (0, 1]")
+  if not o.clip_global_norm >= 0:
+    fail("optimizer.clip_global_norm", o.clip_global_norm, "it must be ≥ 0 (0: no clipping)")
   for key in ("lambda1", "lambda2"):
     if config.loss[key] < 0:
       fail(f"loss.{key}", config.loss[key], "it must be ≥ 0")

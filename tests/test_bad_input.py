@@ -40,6 +40,7 @@ BAD_VALUES = [
     ("optimizer.learning_rate", -0.1, "> 0"),
     ("optimizer.momentum", 1.5, "[0, 1)"),
     ("optimizer.decay_epochs", (150, 100), "increasing"),
+    ("optimizer.clip_global_norm", -1.0, "≥ 0"),
     ("num_epochs", 0, "≥ 1"),
     ("loss.lambda1", -1.0, "≥ 0"),
     ("trades_beta", 0.0, "> 0"),

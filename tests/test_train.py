@@ -163,3 +163,22 @@ def test_sharded_step_on_8_devices_equals_the_single_device_step(tmp_path):
   result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           timeout=900, check=False)
   assert result.returncode == 0 and result.stdout.strip().endswith("OK"), result.stderr[-3000:]
+
+
+def test_clip_global_norm_bounds_the_update_and_is_off_by_default(config):
+  from siriib_jax.train_state import make_optimizer  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  config.optimizer.weight_decay = 0.0
+  config.optimizer.momentum = 0.0
+  params = {"a": jnp.zeros(3), "b": jnp.zeros((2, 2))}
+  grads = {"a": jnp.full(3, 30.0), "b": jnp.full((2, 2), 40.0)}  # Global norm ≈ 96.
+  norm = lambda tree: float(jnp.sqrt(sum(jnp.sum(x**2) for x in jax.tree.leaves(tree))))
+
+  def update_norm():
+    tx = make_optimizer(config, steps_per_epoch=10)
+    updates, _ = tx.update(grads, tx.init(params), params)
+    return norm(updates)
+
+  assert update_norm() == pytest.approx(0.1 * norm(grads), rel=1e-6)  # lr 0.1, unclipped.
+  config.optimizer.clip_global_norm = 2.0
+  assert update_norm() == pytest.approx(0.1 * 2.0, rel=1e-6)
