@@ -30,15 +30,14 @@ are not included. Images are random, never zeros.
     python bench/gpu_step.py --variants resnet18:bf16:128,resnet18_sr:bf16:128 \
         --epoch resnet18_sr:bf16:128 --json /tmp/gpu.json
 
-A variant is `model:precision:batch[:option+option…]` (precision bf16 or fp32). Options:
-`unroll` keeps the default config's unrolled PGD loop (otherwise the loop is rolled);
-`laxgrad` gives the convolutions JAX's own gradients instead of `models/conv.py`'s
-(which are written for XLA:CPU); `sr32` keeps the SiRIIB branch in float32 under bf16. Needs torch with CUDA
+A variant is `model:precision:batch[:unroll]` (precision bf16 or fp32); `unroll` keeps the
+default config's unrolled PGD loop, otherwise the loop is rolled. (At commit 5571fb5 two
+more options, `laxgrad` and `sr32`, compared what the product has done on a GPU since
+a6b920e: XLA's own convolution gradients and the SiRIIB branch in float32.) Needs torch with CUDA
 (without it, `--frameworks jax`); does not read ../shared.
 """
 
 import argparse
-import contextlib
 import json
 import os
 import statistics
@@ -103,33 +102,6 @@ def _measured_bf16_tflops(n: int, repeats: int = 5, products: int = 20) -> float
     jax.block_until_ready([matmul(a, b) for _ in range(products)])
     times.append((time.perf_counter() - start) / products)
   return 2 * n**3 / statistics.median(times[5:]) / 1e12
-
-
-@contextlib.contextmanager
-def _lax_conv_gradients(enabled: bool):
-  """While tracing: the package's convolutions differentiate with JAX's own rules."""
-  from siriib_jax.models import conv  # pylint: disable=import-outside-toplevel
-  custom = conv._conv_nhwc  # pylint: disable=protected-access
-  if enabled:
-    conv._conv_nhwc = conv._lax_conv  # pylint: disable=protected-access
-  try:
-    yield
-  finally:
-    conv._conv_nhwc = custom  # pylint: disable=protected-access
-
-
-@contextlib.contextmanager
-def _siriib_float32(enabled: bool):
-  """While building: the SiRIIB branch computes in float32 whatever the model's dtype."""
-  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  from siriib_jax.models import classifier  # pylint: disable=import-outside-toplevel
-  siriib = classifier.SiRIIB
-  if enabled:
-    classifier.SiRIIB = lambda **kwargs: siriib(**{**kwargs, "dtype": jnp.float32})
-  try:
-    yield
-  finally:
-    classifier.SiRIIB = siriib
 
 
 def _macs(model_name: str) -> int:
@@ -221,12 +193,10 @@ def main(argv=None):
 def _variant(args, variant, info, frameworks, macs) -> dict:
   """Times one variant (and its epoch, if --epoch names it)."""
   model_name, precision, batch_size, *options = variant.split(":")
-  options = set(options[0].split("+")) if options else set()
   batch_size, bf16 = int(batch_size), precision == "bf16"
   if (model_name not in ("resnet18", "resnet18_sr") or precision not in ("bf16", "fp32")
-      or not options <= {"unroll", "laxgrad", "sr32"}):
-    raise ValueError(f"{variant!r}: expected (resnet18|resnet18_sr):(bf16|fp32):batch"
-                     "[:unroll+laxgrad+sr32]")
+      or options not in ([], ["unroll"])):
+    raise ValueError(f"{variant!r}: expected (resnet18|resnet18_sr):(bf16|fp32):batch[:unroll]")
   if model_name not in macs:
     macs[model_name] = _macs(model_name)
   images, labels = _random_batch(batch_size)
@@ -234,10 +204,9 @@ def _variant(args, variant, info, frameworks, macs) -> dict:
   runners = {}
   if "jax" in frameworks:
     step_args = argparse.Namespace(attack_steps=args.attack_steps, half_precision=bf16,
-                                   no_unroll="unroll" not in options, batch_size=batch_size)
-    with _lax_conv_gradients("laxgrad" in options), _siriib_float32("sr32" in options):
-      compiled, state, batch, key, row["jax_compile_s"], row["jax_xla_bytes"] = _jax_step(
-          model_name, "pgd10", step_args, images, labels)
+                                   no_unroll=options != ["unroll"], batch_size=batch_size)
+    compiled, state, batch, key, row["jax_compile_s"], row["jax_xla_bytes"] = _jax_step(
+        model_name, "pgd10", step_args, images, labels)
     holder = {"state": state}
 
     def run_jax(compiled=compiled, batch=batch, key=key, holder=holder):

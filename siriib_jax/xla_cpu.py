@@ -5,8 +5,8 @@ build those run on one thread: on the 2-core machine of BENCHMARKS.md a 3×3 con
 tanh (batch 128, 32 → 32 channels at 32×32) takes the same time pinned to one core as on
 two, 51–54 ms, and 21–24 ms on XLA's Eigen path, which uses both. The debug option
 `xla_cpu_experimental_ynn_fusion_type`, set empty, turns the YNNPACK fusions off. It is an
-option of XLA's CPU compiler; its effect on GPU and TPU runs was not measured (no device
-was available).
+option of XLA's CPU compiler; a GPU build (jax 0.11.2, CUDA 13) accepts it, and its effect on
+GPU and TPU timing was not measured.
 
 XLA reads `XLA_FLAGS` once, when JAX initialises its backends (the first computation or
 device query of the process), so `use_eigen_convolutions` must run before that; `main.py`
@@ -14,7 +14,7 @@ calls it first thing. A value the user already set for the option in `XLA_FLAGS`
 """
 
 import os
-from typing import MutableMapping
+from typing import Mapping, MutableMapping
 
 OPTION = "xla_cpu_experimental_ynn_fusion_type"
 FLAG = f"--{OPTION}="
@@ -31,3 +31,9 @@ def use_eigen_convolutions(environ: MutableMapping[str, str] = os.environ) -> bo
     return False
   environ["XLA_FLAGS"] = f"{flags} {FLAG}".strip()
   return True
+
+
+def eigen_convolutions_enabled(environ: Mapping[str, str] = os.environ) -> bool:
+  """Whether `environ['XLA_FLAGS']` sets `OPTION` empty (the Eigen path), e.g. after
+  `use_eigen_convolutions`. `models/conv.py` picks its kernel gradient by it."""
+  return FLAG in environ.get("XLA_FLAGS", "").split()

@@ -175,9 +175,9 @@ def test_autoattack_robustness_is_and_over_components(norm):
 def test_autoattack_chunks_pad_little_to_few_sizes(bucket):
   sizes = [bucket_size(n, bucket) for n in range(1, bucket + 1)]
   granule = -(-bucket // SIZES)
-  assert all(n <= size <= bucket and size - n < granule
+  assert all(n <= size <= bucket and size - n < granule and size < 2 * n
              for n, size in zip(range(1, bucket + 1), sizes))
-  assert len(set(sizes)) <= SIZES
+  assert len(set(sizes)) <= SIZES + granule.bit_length()
 
 
 def test_autoattack_counts_clean_errors_and_reuses_compilations():

@@ -13,9 +13,10 @@ AutoAttack's robustness is the logical AND of its components' (the worst case pe
 
 Selection runs on the host, since shapes inside `jit` are static: the robust points are
 gathered, cut into chunks of at most `bucket` (default: the batch size) and each chunk is
-padded, by repeating its first point, to the next multiple of ⌈bucket / 8⌉ (at most
-`bucket`); each attack is jitted once and so compiles for at most 8 chunk sizes, and a
-chunk carries fewer than ⌈bucket / 8⌉ padding points.
+padded, by repeating its first point, to the next multiple of g = ⌈bucket / 8⌉ (at most
+`bucket`), or, when it holds fewer than g points, to the next power of two; each attack is
+jitted once and so compiles for at most 8 + log₂ g chunk sizes, and a chunk carries fewer
+than g padding points and never doubles.
 Pass `logits_fn` as a `jax.tree_util.Partial(apply_fn, params)`: it is then a jit argument
 (a plain function is wrapped, and any arrays it closes over become compile-time constants).
 
@@ -76,14 +77,18 @@ def components(eps: float, norm: str = "linf", version: str = "standard"):
   raise ValueError(f"version must be one of {VERSIONS}, got {version!r}")
 
 
-# A chunk is padded to a multiple of ⌈bucket / SIZES⌉: at most SIZES shapes to compile.
+# A chunk is padded to a multiple of ⌈bucket / SIZES⌉ (small ones to a power of two).
 SIZES = 8
 
 
 def bucket_size(n: int, bucket: int) -> int:
   """The padded size of a chunk of 1 ≤ n ≤ bucket points: the next multiple of
-  ⌈bucket / SIZES⌉, at most `bucket`."""
+  g = ⌈bucket / SIZES⌉, at most `bucket`; below g, the next power of two (so that the few
+  points left for the last attacks of a small evaluation are not padded up to g: the
+  quickstart's 4 points would otherwise run as 32)."""
   granule = -(-bucket // SIZES)
+  if n < granule:
+    return min(1 << (n - 1).bit_length(), granule)
   return min(-(-n // granule) * granule, bucket)
 
 

@@ -5,12 +5,14 @@ convolution whose window is the whole feature map, which is many times slower th
 forward pass for large maps: measured here (2 AVX-512 cores, batch 32, 3×3, 64 → 64
 channels at 32×32) 1.14 s against 0.065 s forward and 0.124 s in PyTorch. Written as
 `Σ_{kh, kw} patch(kh, kw)ᵀ · ∂y` — one (B·H'·W', C_in)ᵀ × (B·H'·W', C_out) product per
-kernel tap — the same gradient costs about as much as the forward pass. (That slow kernel
-gradient is YNNPACK's, the default; with `xla_cpu.use_eigen_convolutions`, as `main.py`
-runs, XLA's own kernel gradient is faster than this one: batch 128, 3×3, forward + kernel
-gradient at 32×32, 64 → 64: 193–287 ms against 379 ms, and YNNPACK's 2.5 s; at 16×16,
-128 → 128: 157 ms against 254 ms. This form stays, so that a library user who does not set
-the option is not 13× slower.)
+kernel tap — the same gradient costs about as much as the forward pass. That slow kernel
+gradient is YNNPACK's, XLA:CPU's default. With `xla_cpu.use_eigen_convolutions`, as
+`main.py` runs, XLA's own kernel gradient is the faster one (batch 128, 3×3, forward +
+kernel gradient at 32×32, 64 → 64: 193–287 ms against 379 ms for the per-tap form; at
+16×16, 128 → 128: 157 ms against 254 ms) and needs no shifted copies of the input, so the
+backward pass takes XLA's kernel gradient when `XLA_FLAGS` sets that option
+(`xla_cpu.eigen_convolutions_enabled`, read when the step is traced) and the per-tap form
+otherwise, which keeps a library user without the option from being 13× slower.
 
 The input gradient is written out as a plain NHWC/HWIO convolution of the (stride-dilated)
 output gradient with the kernel flipped in space and transposed in its channels. That is
@@ -38,6 +40,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from siriib_jax import xla_cpu
+
 _NHWC = ("NHWC", "HWIO", "NHWC")
 
 
@@ -46,12 +50,14 @@ def _lax_conv(x, w, strides, padding, precision):
                                   precision=precision)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def _conv_nhwc(x, w, strides, padding, precision):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+def _conv_nhwc(x, w, strides, padding, precision, kernel_gradient):
+  del kernel_gradient  # Used by the backward pass only.
   return _lax_conv(x, w, strides, padding, precision)
 
 
-def _conv_nhwc_fwd(x, w, strides, padding, precision):
+def _conv_nhwc_fwd(x, w, strides, padding, precision, kernel_gradient):
+  del kernel_gradient
   return _lax_conv(x, w, strides, padding, precision), (x, w)
 
 
@@ -67,9 +73,9 @@ def _input_gradient(g, w, in_hw, strides, padding, precision):
                                   dimension_numbers=_NHWC, precision=precision)
 
 
-def _conv_nhwc_bwd(strides, padding, precision, residuals, g):
-  x, w = residuals
-  dx = _input_gradient(g, w, x.shape[1:3], strides, padding, precision).astype(x.dtype)
+def _kernel_gradient_taps(x, w, g, strides, padding, precision):
+  """∂L/∂w (kh, kw, C_in, C_out) as Σ over output positions of patch(kh, kw)ᵀ · g: one
+  (B·H'·W', C_in)ᵀ × (B·H'·W', C_out) product per kernel tap."""
   batch, _, _, c_in = x.shape
   kh, kw, _, c_out = w.shape
   out_h, out_w = g.shape[1:3]
@@ -84,7 +90,17 @@ def _conv_nhwc_bwd(strides, padding, precision, residuals, g):
                         (1, strides[0], strides[1], 1))
       taps.append(lax.dot_general(patch.reshape(-1, c_in), g_flat, (((0,), (0,)), ((), ())),
                                   precision=precision, preferred_element_type=jnp.float32))
-  dw = jnp.stack(taps).reshape(kh, kw, c_in, c_out).astype(w.dtype)
+  return jnp.stack(taps).reshape(kh, kw, c_in, c_out).astype(w.dtype)
+
+
+def _conv_nhwc_bwd(strides, padding, precision, kernel_gradient, residuals, g):
+  x, w = residuals
+  dx = _input_gradient(g, w, x.shape[1:3], strides, padding, precision).astype(x.dtype)
+  if kernel_gradient == "xla":
+    _, kernel_vjp = jax.vjp(lambda w: _lax_conv(x, w, strides, padding, precision), w)
+    (dw,) = kernel_vjp(g)
+  else:
+    dw = _kernel_gradient_taps(x, w, g, strides, padding, precision)
   return dx, dw
 
 
@@ -114,4 +130,6 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
     if lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) != expected:
       return fallback()
   padding = tuple((int(lo), int(hi)) for lo, hi in padding)
-  return _conv_nhwc(lhs, rhs, tuple(int(s) for s in window_strides), padding, precision)
+  kernel_gradient = "xla" if xla_cpu.eigen_convolutions_enabled() else "taps"
+  return _conv_nhwc(lhs, rhs, tuple(int(s) for s in window_strides), padding, precision,
+                    kernel_gradient)
