@@ -33,8 +33,8 @@ are not included. Images are random, never zeros.
 A variant is `model:precision:batch[:unroll]` (precision bf16 or fp32); `unroll` keeps the
 default config's unrolled PGD loop, otherwise the loop is rolled. (At commit 5571fb5 two
 more options, `laxgrad` and `sr32`, compared what the product has done on a GPU since
-a6b920e: XLA's own convolution gradients and the SiRIIB branch in float32.) Needs torch with CUDA
-(without it, `--frameworks jax`); does not read ../shared.
+a6b920e: XLA's own convolution gradients and the SiRIIB branch in float32.) Needs torch
+with CUDA (without it, `--frameworks jax`); does not read ../shared.
 """
 
 import argparse
