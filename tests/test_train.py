@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
@@ -15,6 +16,7 @@ from siriib_jax import train as train_lib
 from siriib_jax.checkpointing import load_variables
 from siriib_jax.data import InputPipeline
 from siriib_jax.strategies import STRATEGY_NAMES
+from siriib_jax.train_state import make_optimizer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -166,8 +168,6 @@ def test_sharded_step_on_8_devices_equals_the_single_device_step(tmp_path):
 
 
 def test_clip_global_norm_bounds_the_update_and_is_off_by_default(config):
-  from siriib_jax.train_state import make_optimizer  # pylint: disable=import-outside-toplevel
-  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   config.optimizer.weight_decay = 0.0
   config.optimizer.momentum = 0.0
   params = {"a": jnp.zeros(3), "b": jnp.zeros((2, 2))}
