@@ -30,8 +30,13 @@ are not included. Images are random, never zeros.
     python bench/gpu_step.py --variants resnet18:bf16:128,resnet18_sr:bf16:128 \
         --epoch resnet18_sr:bf16:128 --json /tmp/gpu.json
 
-A variant is `model:precision:batch[:unroll]` (precision bf16 or fp32); `unroll` keeps the
-default config's unrolled PGD loop, otherwise the loop is rolled. (At commit 5571fb5 two
+A variant is `model:precision:batch[:option…]` (precision bf16 or fp32). Options: `unroll`
+keeps the default config's unrolled PGD loop (otherwise the loop is rolled); `compile` runs
+the PyTorch reference's model through `torch.compile` (default mode; the attack loop, the
+losses and the optimiser stay eager, as a researcher would add it to existing code), its
+compilation inside the warm-up steps. `--profile DIR` traces `--profile-steps` JAX steps of
+each variant after its timing (`jax.profiler`, a Perfetto trace per variant) for
+`bench/kernel_profile.py`. (At commit 5571fb5 two
 more options, `laxgrad` and `sr32`, compared what the product has done on a GPU since
 a6b920e: XLA's own convolution gradients and the SiRIIB branch in float32.) Needs torch
 with CUDA (without it, `--frameworks jax`); does not read ../shared.
@@ -72,6 +77,8 @@ def _parse_args(argv=None):
   p.add_argument("--matmul-size", type=int, default=8192, help="n of the measured n³ peak")
   p.add_argument("--torch-device", default="cuda", help="cuda; cpu to try the script out")
   p.add_argument("--json", default="", help="append one JSON line per result here")
+  p.add_argument("--profile", default="", help="trace JAX steps of each variant under DIR")
+  p.add_argument("--profile-steps", type=int, default=3, help="steps per profiled variant")
   return p.parse_args(argv)
 
 
@@ -114,7 +121,7 @@ def _macs(model_name: str) -> int:
   return count_complexity(create_model(config.model, 32, jnp.float32), 32).macs
 
 
-def _torch_runner(model_name, bf16, attack_steps, images, labels, device):
+def _torch_runner(model_name, bf16, attack_steps, images, labels, device, compile_model):
   """(step function returning the loss, peak-allocation reader or None)."""
   import torch  # pylint: disable=import-outside-toplevel
   import torch_reference as ref  # pylint: disable=import-outside-toplevel
@@ -122,6 +129,8 @@ def _torch_runner(model_name, bf16, attack_steps, images, labels, device):
   torch.manual_seed(0)
   device = torch.device(device)
   model = ref.Classifier(siriib=model_name == "resnet18_sr").to(device)
+  if compile_model:
+    model.compile()
   step = ref.TrainStep(model, attack_steps=attack_steps, bf16=bf16)
   x = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous().to(device)
   y = torch.from_numpy(labels).long().to(device)
@@ -164,6 +173,15 @@ def _epoch(compiled, state, key, batch_size: int, train_size: int):
   return seconds, data.steps_per_epoch, summary
 
 
+def _profile(run, steps: int, directory: str) -> str:
+  """Traces `steps` calls of `run` (each ends synchronised) into `directory`."""
+  import jax  # pylint: disable=import-outside-toplevel
+  with jax.profiler.trace(directory, create_perfetto_trace=True):
+    for _ in range(steps):
+      run()
+  return directory
+
+
 def main(argv=None):
   args = _parse_args(argv)
   os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.5")  # Leave PyTorch room.
@@ -195,8 +213,9 @@ def _variant(args, variant, info, frameworks, macs) -> dict:
   model_name, precision, batch_size, *options = variant.split(":")
   batch_size, bf16 = int(batch_size), precision == "bf16"
   if (model_name not in ("resnet18", "resnet18_sr") or precision not in ("bf16", "fp32")
-      or options not in ([], ["unroll"])):
-    raise ValueError(f"{variant!r}: expected (resnet18|resnet18_sr):(bf16|fp32):batch[:unroll]")
+      or not set(options) <= {"unroll", "compile"}):
+    raise ValueError(f"{variant!r}: expected (resnet18|resnet18_sr):(bf16|fp32):batch"
+                     "[:unroll][:compile]")
   if model_name not in macs:
     macs[model_name] = _macs(model_name)
   images, labels = _random_batch(batch_size)
@@ -204,7 +223,7 @@ def _variant(args, variant, info, frameworks, macs) -> dict:
   runners = {}
   if "jax" in frameworks:
     step_args = argparse.Namespace(attack_steps=args.attack_steps, half_precision=bf16,
-                                   no_unroll=options != ["unroll"], batch_size=batch_size)
+                                   no_unroll="unroll" not in options, batch_size=batch_size)
     compiled, state, batch, key, row["jax_compile_s"], row["jax_xla_bytes"] = _jax_step(
         model_name, "pgd10", step_args, images, labels)
     holder = {"state": state}
@@ -215,7 +234,8 @@ def _variant(args, variant, info, frameworks, macs) -> dict:
     runners["jax"] = run_jax
   if "torch" in frameworks:
     runners["torch"], torch_peak = _torch_runner(model_name, bf16, args.attack_steps, images,
-                                                 labels, args.torch_device)
+                                                 labels, args.torch_device,
+                                                 "compile" in options)
   times = {name: [] for name in runners}
   for name, run in runners.items():
     start = time.perf_counter()
@@ -241,6 +261,9 @@ def _variant(args, variant, info, frameworks, macs) -> dict:
     row["torch_peak_mib"] = torch_peak() / 2**20
   if len(runners) == 2:
     row["ratio_jax_over_torch"] = row["jax_median_ms"] / row["torch_median_ms"]
+  if args.profile and "jax" in runners:
+    row["profile_dir"] = _profile(runners["jax"], args.profile_steps,
+                                  os.path.join(args.profile, variant.replace(":", "_")))
   if variant in args.epoch.split(",") and "jax" in runners:
     row["epoch_s"], row["epoch_steps"], row["epoch_metrics"] = _epoch(
         compiled, holder["state"], key, batch_size, args.train_size)

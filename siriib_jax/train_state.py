@@ -50,11 +50,16 @@ def make_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int):
 def create_train_state(model, config: ml_collections.ConfigDict, key: jax.Array,
                        image_shape: tuple[int, int, int], steps_per_epoch: int,
                        num_train_examples: int) -> TrainState:
-  """Initialises the model on a dummy batch; TE's ensemble starts at zero."""
+  """Initialises the model on a dummy batch; TE's ensemble starts at zero.
+
+  Every leaf has a fixed dtype (the step counter is a strong int32, not the weakly typed
+  `0` of `TrainState.create`), so a fresh state and one restored from a checkpoint give the
+  same jitted step program: a resumed run reuses a cached compilation."""
   variables = model.init(key, jnp.zeros((1, *image_shape), jnp.float32))
   ensemble = None
   if config.strategy == "te":
     ensemble = jnp.zeros((num_train_examples, config.model.num_classes), jnp.float32)
   return TrainState.create(apply_fn=model.apply, params=variables["params"],
                            tx=make_optimizer(config, steps_per_epoch),
-                           batch_stats=variables.get("batch_stats", {}), ensemble=ensemble)
+                           batch_stats=variables.get("batch_stats", {}),
+                           ensemble=ensemble).replace(step=jnp.zeros((), jnp.int32))

@@ -76,7 +76,8 @@ def workdir_with_checkpoint(tmp_path_factory):
   root = tmp_path_factory.mktemp("bad_input")
   config = tiny_training_config(write_npz_dataset(root / "data"))
   model = create_model(config.model, 32)
-  state = create_train_state(model, config, jax.random.key(0), (32, 32, 3), 3, 24)
+  state = jax.jit(lambda key: create_train_state(model, config, key, (32, 32, 3), 3, 24))(
+      jax.random.key(0))  # Jitted: one compile, not one per operation.
   checkpoints = Checkpoints(str(root / "run"), keep=3)
   checkpoints.save_last(7, state)
   checkpoints.close()

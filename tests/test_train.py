@@ -9,14 +9,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import tensorflow_datasets as tfds
 
-from conftest import register_prepared_cifar10, tiny_training_config, write_npz_dataset
+from conftest import tiny_training_config, write_npz_dataset
 from siriib_jax import train as train_lib
-from siriib_jax.checkpointing import load_variables
+from siriib_jax.checkpointing import Checkpoints, load_variables
 from siriib_jax.data import InputPipeline
+from siriib_jax.models import create_model
 from siriib_jax.strategies import STRATEGY_NAMES
-from siriib_jax.train_state import make_optimizer
+from siriib_jax.train_state import create_train_state, make_optimizer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -27,20 +27,29 @@ def npz_dir(tmp_path):
 
 
 @pytest.mark.parametrize("strategy", STRATEGY_NAMES)
-def test_one_step_of_each_strategy_on_mock_cifar10(tmp_path, npz_dir, strategy):
+def test_one_step_of_each_strategy(tmp_path, npz_dir, strategy):
+  # The same config as the tests below (only the strategy changes), so that the pgd_at and
+  # te steps compile once for all of them. The TFDS route is tests/test_data.py's.
   config = tiny_training_config(npz_dir)
-  config.dataset.name = "cifar10"
-  config.dataset.data_dir = str(tmp_path / "tfds")
   config.strategy = strategy
-  config.max_steps = 1
-  register_prepared_cifar10(config.dataset.data_dir)
-  with tfds.testing.mock_data(num_examples=42, policy=tfds.testing.MockPolicy.USE_FILES,
-                              data_dir=config.dataset.data_dir):
-    summary = train_lib.train_and_evaluate(config, str(tmp_path / "run"))
+  summary = _run(config, tmp_path / "run", max_steps=1)
   assert summary["status"] == "completed" and summary["step"] == 1
   variables, step = load_variables(str(tmp_path / "run"), "last")
   assert step == 1
   assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(variables))
+
+
+def test_a_restored_state_has_the_types_of_a_fresh_one(tmp_path, npz_dir):
+  # Equal types (weak_type included) give a resumed run the fresh run's compiled step.
+  config = tiny_training_config(npz_dir)
+  model = create_model(config.model, 32)
+  init = jax.jit(lambda key: create_train_state(model, config, key, (32, 32, 3), 3, 24))
+  fresh = init(jax.random.key(0))
+  checkpoints = Checkpoints(str(tmp_path), keep=1)
+  checkpoints.save_last(3, fresh)
+  restored = checkpoints.restore_latest(jax.eval_shape(init, jax.random.key(0)))
+  checkpoints.close()
+  assert jax.tree.map(jax.typeof, restored) == jax.tree.map(jax.typeof, fresh)
 
 
 def _run(config, workdir, **overrides):
