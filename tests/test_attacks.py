@@ -202,6 +202,40 @@ def test_autoattack_counts_clean_errors_and_reuses_compilations():
   np.testing.assert_array_equal(first.x_adv, second.x_adv)  # Deterministic for a key.
 
 
+def test_autoattack_runs_each_target_only_on_the_points_still_robust():
+  """As the reference does: target rank r attacks only the points that ranks 1 … r − 1 left
+  robust, and a point keeps the x_adv of the rank that broke it. The stand-in attack breaks
+  point i at rank i % 4 + 1 (never, for i % 4 = 3: only 3 ranks run) and records what it
+  sees."""
+  n = 12
+  x = np.broadcast_to((np.arange(n, dtype=np.float32) + 1)[:, None, None, None] / 32,
+                      (n, 4, 4, 3)).copy()  # Point i is the constant image (i + 1) / 32.
+  seen = {}
+
+  def record(rank, ids):
+    seen.setdefault(int(rank), set()).update(np.asarray(ids).tolist())
+
+  def single_target(logits_fn, x, y, key, rank):
+    del logits_fn, y, key
+    ids = jnp.round(x[:, 0, 0, 0] * 32).astype(jnp.int32) - 1
+    jax.debug.callback(record, rank, ids)
+    return attacks.AttackResult(x + 1e-3 * rank, ids % 4 == rank - 1)
+
+  def all_targets(*args):
+    raise AssertionError("AutoAttack must call the attack target by target")
+
+  correct = lambda x: jnp.zeros((len(x), CLASSES)).at[:, 0].set(1.0)  # All clean-correct.
+  stand_in = attacks.TargetedAttack(all_targets, single_target, n_target_classes=3)
+  result = attacks.AutoAttack(0.1, attacks={"t": stand_in})(correct, x, np.zeros(n, int),
+                                                            jax.random.key(0))
+  ids = np.arange(n)
+  assert seen == {1: set(ids), 2: set(ids[ids % 4 != 0]), 3: set(ids[ids % 4 >= 2])}
+  np.testing.assert_array_equal(result.success, ids % 4 != 3)
+  expected = x + 1e-3 * np.where(ids % 4 != 3, ids % 4 + 1, 0)[:, None, None, None]
+  np.testing.assert_allclose(result.x_adv, expected, rtol=0, atol=1e-7)
+  assert result.components["t"].attacked.all()
+
+
 def test_autoattack_rand_with_eot_on_stochastic_model():
   w, b, x, y, eps = _problem("linf", n=64)
   noise = 0.01 * jnp.std(jnp.asarray(b))

@@ -182,3 +182,19 @@ def test_pseudo_gaussian_bump(side):
   bottom = np.abs(bump[side // 2:])
   assert np.argmax(bottom) == np.ravel_multi_index(((side - side // 2) // 2, side // 2),
                                                    bottom.shape)  # Peak at the centre.
+
+
+@pytest.mark.parametrize("restarts", [1, 2])
+def test_fab_single_targets_add_up_to_the_call_over_all_targets(restarts):
+  """`single_target(rank)` makes exactly the runs of that rank in the full call (AutoAttack
+  calls it rank by rank): a point is broken by the full call iff by some rank alone."""
+  norm, n_targets = "l2", 3
+  x, y = data(norm)
+  attack = fab_targeted(_eps(norm), norm=norm, restarts=restarts, steps=20,
+                        n_target_classes=n_targets)
+  everything = jax.jit(functools.partial(attack, linear_logits))(x, y, KEY)
+  single = jax.jit(functools.partial(attack.single_target, linear_logits))
+  by_rank = [np.asarray(single(x, y, KEY, np.int32(rank)).success)
+             for rank in range(1, n_targets + 1)]
+  assert by_rank[0].any() and not by_rank[0].all()
+  np.testing.assert_array_equal(np.asarray(everything.success), np.any(by_rank, axis=0))

@@ -15,7 +15,7 @@ import re
 
 from siriib_jax.attacks.apgd import apgd, apgd_targeted
 from siriib_jax.attacks.autoattack import AutoAttack, AutoAttackResult, autoattack
-from siriib_jax.attacks.base import Attack, AttackResult, LogitsFn
+from siriib_jax.attacks.base import Attack, AttackResult, LogitsFn, TargetedAttack
 from siriib_jax.attacks.fab import fab_targeted
 from siriib_jax.attacks.gradients import ImageLoss
 from siriib_jax.attacks.objectives import cross_entropy, cw_margin, dlr, dlr_targeted
@@ -24,7 +24,7 @@ from siriib_jax.attacks.square import square
 
 __all__ = [
     "Attack", "AttackResult", "AutoAttack", "AutoAttackResult", "ImageLoss", "LogitsFn",
-    "apgd", "apgd_targeted", "autoattack", "cross_entropy", "cw_margin", "dlr",
+    "TargetedAttack", "apgd", "apgd_targeted", "autoattack", "cross_entropy", "cw_margin", "dlr",
     "dlr_targeted", "fab_targeted", "fgsm", "get_attack", "pgd", "square",
 ]
 

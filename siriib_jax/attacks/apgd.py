@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from siriib_jax.attacks.base import Attack, AttackResult
+from siriib_jax.attacks.base import Attack, AttackResult, TargetedAttack
 from siriib_jax.attacks.gradients import (Candidate, Loss, bind_objective, loop_unroll,
                                           random_start, value_logits_and_grad,
                                           worst_of_runs)
@@ -159,30 +159,39 @@ def apgd_targeted(eps: float,
                   eot_samples: int = 0,
                   rho: float = 0.75,
                   momentum: float = 0.75,
-                  unroll: Union[None, bool, int] = None) -> Attack:
+                  unroll: Union[None, bool, int] = None) -> TargetedAttack:
   """APGD-T: APGD on the targeted DLR loss (eq. 7), once per target class.
 
   The targets are the classes ranked 2 … `n_target_classes` + 1 by the clean logits
   (capped at K − 1); every target gets `restarts` runs and the per-example worst case over
   all of them is kept. A success is any misclassification. Needs K ≥ 4 classes (DLR).
-  Other arguments as for `apgd`.
+  `single_target(logits_fn, x, y, key, rank)` runs the `restarts` runs against the class
+  ranked `rank` + 1 only (what AutoAttack calls, target by target, on the points still
+  robust, as the reference implementation does). Other arguments as for `apgd`.
   """
   _check(norm, steps, restarts)
   options = dict(eps=eps, norm=norm, steps=steps, rho=rho, momentum=momentum, unroll=unroll)
 
-  def attack(logits_fn, x, y, key):
+  def runs(logits_fn, x, y, key, first_rank, n_ranks) -> Candidate:
+    """The worst case over `restarts` runs for each of `n_ranks` targets from `first_rank`."""
     key_clean, key = jax.random.split(key)
-    clean = bind_objective(logits_fn, cross_entropy, y, eot_samples)
-    _, logits = clean(x, key_clean)
-    n_targets = min(n_target_classes, logits.shape[-1] - 1)
+    _, logits = bind_objective(logits_fn, cross_entropy, y, eot_samples)(x, key_clean)
     ranked = jnp.argsort(logits, axis=-1)[:, ::-1]  # (B, K), most likely first.
+    n_ranks = min(n_ranks, logits.shape[-1] - 1)
 
     def run(r, key):
-      target = ranked[:, 1 + r // restarts]
+      target = ranked[:, first_rank + r // restarts]
       loss = lambda z, labels: dlr_targeted(z, labels, target)
       return _run(bind_objective(logits_fn, loss, y, eot_samples), x, y, key, **options)
 
-    worst = worst_of_runs(run, key, n_targets * restarts)
+    return worst_of_runs(run, key, n_ranks * restarts)
+
+  def all_targets(logits_fn, x, y, key):
+    worst = runs(logits_fn, x, y, key, 1, n_target_classes)
     return AttackResult(worst.x_adv, worst.success)
 
-  return attack
+  def single_target(logits_fn, x, y, key, rank):
+    worst = runs(logits_fn, x, y, key, rank, 1)
+    return AttackResult(worst.x_adv, worst.success)
+
+  return TargetedAttack(all_targets, single_target, n_target_classes)

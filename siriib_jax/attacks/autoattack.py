@@ -10,6 +10,8 @@ ensemble of diverse parameter-free attacks", ICML, §5).
 Points misclassified on clean inputs count as broken (x_adv = x). Each attack then runs only
 on the points still robust, and a point broken by any attack keeps that attack's x_adv, so
 AutoAttack's robustness is the logical AND of its components' (the worst case per example).
+A targeted attack (`base.TargetedAttack`: APGD-T, FAB-T) runs one target class after
+another, each on the points still robust, as the reference implementation does.
 
 Selection runs on the host, since shapes inside `jit` are static: the robust points are
 gathered, cut into chunks of at most `bucket` (default: the batch size) and each chunk is
@@ -28,10 +30,10 @@ import time
 from typing import Dict, NamedTuple, Optional
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from siriib_jax.attacks.apgd import apgd, apgd_targeted
+from siriib_jax.attacks.base import TargetedAttack
 from siriib_jax.attacks.fab import fab_targeted
 from siriib_jax.attacks.gradients import bind_objective
 from siriib_jax.attacks.objectives import cross_entropy, dlr
@@ -107,13 +109,19 @@ class AutoAttack:
                bucket: Optional[int] = None, attacks: Optional[dict] = None):
     self.eot_samples = EOT_SAMPLES if version == "rand" else 0
     attacks = components(eps, norm, version) if attacks is None else attacks
-    self.attacks = {name: jax.jit(attack) for name, attack in attacks.items()}
+    # name -> (jitted attack, its target ranks or None); a targeted attack is called once
+    # per rank, with the rank as its last argument.
+    self.attacks = {}
+    for name, attack in attacks.items():
+      if isinstance(attack, TargetedAttack):
+        self.attacks[name] = (jax.jit(attack.single_target), attack.n_target_classes)
+      else:
+        self.attacks[name] = (jax.jit(attack), None)
     self.bucket = bucket
 
   @functools.partial(jax.jit, static_argnums=0)
-  def _predict(self, logits_fn, x, y, key):
-    objective = bind_objective(logits_fn, cross_entropy, y, self.eot_samples)
-    return jnp.argmax(objective(x, key)[1], axis=-1)
+  def _clean_logits(self, logits_fn, x, y, key):
+    return bind_objective(logits_fn, cross_entropy, y, self.eot_samples)(x, key)[1]
 
   def __call__(self, logits_fn, x, y, key: jax.Array) -> AutoAttackResult:
     """x: (B, H, W, C) in [0, 1]; y: (B,) int labels."""
@@ -122,24 +130,44 @@ class AutoAttack:
     x, y = np.asarray(x), np.asarray(y)
     bucket = self.bucket or len(x)
     key_clean, key = jax.random.split(key)
-    clean_success = np.asarray(self._predict(logits_fn, x, y, key_clean)) != y
+    clean_logits = np.asarray(self._clean_logits(logits_fn, x, y, key_clean))
+    clean_success = np.argmax(clean_logits, axis=-1) != y
+    num_classes = clean_logits.shape[-1]
     success, x_adv, results = clean_success.copy(), x.copy(), {}
-    for i, (name, attack) in enumerate(self.attacks.items()):
+    for i, (name, (attack, n_targets)) in enumerate(self.attacks.items()):
       started = time.perf_counter()
       attacked = ~success
-      broken = np.zeros_like(success)
-      for c, start in enumerate(range(0, int(attacked.sum()), bucket)):
-        chunk = np.flatnonzero(attacked)[start:start + bucket]
-        padding = bucket_size(len(chunk), bucket) - len(chunk)
-        padded = np.concatenate([chunk, np.full(padding, chunk[0])])
-        result = attack(logits_fn, x[padded], y[padded],
-                        jax.random.fold_in(jax.random.fold_in(key, i), c))
-        chunk_success = np.asarray(result.success)[:len(chunk)]
-        broken[chunk] = chunk_success
-        x_adv[chunk[chunk_success]] = np.asarray(result.x_adv)[:len(chunk)][chunk_success]
+      if n_targets is None:
+        broken = self._attack_robust(attack, (), logits_fn, x, y, attacked, x_adv,
+                                     jax.random.fold_in(key, i), bucket)
+      else:
+        broken = np.zeros_like(success)
+        for rank in range(1, min(n_targets, num_classes - 1) + 1):
+          broken |= self._attack_robust(
+              attack, (np.int32(rank),), logits_fn, x, y, attacked & ~broken, x_adv,
+              jax.random.fold_in(jax.random.fold_in(key, i), rank), bucket)
       success |= broken
       results[name] = ComponentResult(attacked, broken, time.perf_counter() - started)
     return AutoAttackResult(x_adv, success, clean_success, results)
+
+  @staticmethod
+  def _attack_robust(attack, extra_args, logits_fn, x, y, robust, x_adv, key,
+                     bucket) -> np.ndarray:
+    """Runs `attack(logits_fn, x, y, key, *extra_args)` on the points where `robust`, in
+    padded chunks (module doc); writes the x_adv of the points it breaks into `x_adv` and
+    returns them as a (B,) bool mask."""
+    broken = np.zeros_like(robust)
+    points = np.flatnonzero(robust)
+    for c, start in enumerate(range(0, len(points), bucket)):
+      chunk = points[start:start + bucket]
+      padding = bucket_size(len(chunk), bucket) - len(chunk)
+      padded = np.concatenate([chunk, np.full(padding, chunk[0])])
+      result = attack(logits_fn, x[padded], y[padded], jax.random.fold_in(key, c),
+                      *extra_args)
+      chunk_success = np.asarray(result.success)[:len(chunk)]
+      broken[chunk] = chunk_success
+      x_adv[chunk[chunk_success]] = np.asarray(result.x_adv)[:len(chunk)][chunk_success]
+    return broken
 
 
 def autoattack(eps: float, norm: str = "linf", version: str = "standard",

@@ -2,9 +2,12 @@
 
 An attack is built like an optax transformation: a factory takes the hyper-parameters and
 returns an `Attack`, a pure function `(logits_fn, x, y, key) -> AttackResult` that is safe
-to call inside `jax.jit` and deterministic for a PRNG `key`.
+to call inside `jax.jit` and deterministic for a PRNG `key`. Targeted attacks (APGD-T,
+FAB-T) return a `TargetedAttack`: such an `Attack` that also exposes its run against one
+target class, so that AutoAttack can attack each target only on the points still robust.
 """
 
+import dataclasses
 from typing import Callable, NamedTuple, Protocol
 
 import jax
@@ -27,3 +30,24 @@ class Attack(Protocol):
   def __call__(self, logits_fn: LogitsFn, x: jnp.ndarray, y: jnp.ndarray,
                key: jax.Array) -> AttackResult:
     ...
+
+
+@dataclasses.dataclass(frozen=True)
+class TargetedAttack:
+  """An `Attack` made of runs against one target class after another.
+
+  Attributes:
+    all_targets: the `Attack` over every target (what calling this object runs).
+    single_target: `(logits_fn, x, y, key, rank) -> AttackResult`, the runs against the
+      class ranked `rank` by the clean logits (1: the most likely class after the top one;
+      an int32 scalar, traced: one compilation serves every rank).
+    n_target_classes: the ranks 1 … n_target_classes are attacked (capped at K − 1 for K
+      classes).
+  """
+  all_targets: Attack
+  single_target: Callable[..., AttackResult]
+  n_target_classes: int
+
+  def __call__(self, logits_fn: LogitsFn, x: jnp.ndarray, y: jnp.ndarray,
+               key: jax.Array) -> AttackResult:
+    return self.all_targets(logits_fn, x, y, key)

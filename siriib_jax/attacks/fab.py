@@ -13,10 +13,12 @@ and the final success flag is re-read from one forward pass on x_adv, as the ref
 `perturb` does.
 
 Deviations from the reference implementation (fra31/auto-attack, `fab_base.py`):
-  * Shapes are static: every point is attacked for every target class and restart, instead
-    of only the points not yet fooled within ε; a run is skipped (`lax.cond`) only when every
-    point of the batch is already fooled. Success flags are therefore the same, and x_adv is
-    the smallest perturbation over all runs rather than the first one within ε.
+  * Shapes are static: within one call every point is attacked for every target class and
+    restart, instead of only the points not yet fooled within ε; a run is skipped
+    (`lax.cond`) only when every point of the batch is already fooled. Success flags are
+    therefore the same, and x_adv is the smallest perturbation over all runs rather than the
+    first one within ε. AutoAttack instead calls `single_target` target by target on the
+    points still robust, as the reference does.
   * The box-constrained projections onto the hyperplane are solved exactly by one sort per
     example for both norms (`hyperplane_box_step`), instead of a bisection over sorted
     breakpoints; the reference solves the same problem.
@@ -26,7 +28,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from siriib_jax.attacks.base import Attack, AttackResult, LogitsFn
+from siriib_jax.attacks.base import AttackResult, LogitsFn, TargetedAttack
 from siriib_jax.attacks.projections import NORMS, per_example_norm
 
 
@@ -106,7 +108,7 @@ def _random_start(key: jax.Array, x: jnp.ndarray, radius: float, norm: str) -> j
 
 def fab_targeted(eps: float, norm: str = "linf", steps: int = 100, restarts: int = 1,
                  n_target_classes: int = 9, alpha_max: float = 0.1, eta: float = 1.05,
-                 beta: float = 0.9) -> Attack:
+                 beta: float = 0.9) -> TargetedAttack:
   """FAB-T as run by AutoAttack (standard version: 100 steps, 1 restart, 9 targets).
 
   Args:
@@ -122,14 +124,17 @@ def fab_targeted(eps: float, norm: str = "linf", steps: int = 100, restarts: int
     beta: backward step: an adversarial iterate x1 becomes x + β (x1 − x).
 
   Returns:
-    An `Attack`; its `x_adv` is x where no adversarial within ε was found, and `success` is
-    `argmax logits_fn(x_adv) ≠ y`.
+    A `TargetedAttack`; its `x_adv` is x where no adversarial within ε was found, and
+    `success` is `argmax logits_fn(x_adv) ≠ y`. `single_target(…, rank)` makes the
+    `restarts` runs against the class ranked `rank` + 1 alone (the same runs, keys included,
+    as in the call over all targets).
   """
   if norm not in NORMS:
     raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
 
-  def attack(logits_fn: LogitsFn, x: jnp.ndarray, y: jnp.ndarray,
-             key: jax.Array) -> AttackResult:
+  def search(logits_fn: LogitsFn, x: jnp.ndarray, y: jnp.ndarray, key: jax.Array,
+             first_rank, last_rank) -> AttackResult:
+    """The runs against the target ranks `first_rank` … `last_rank` (capped at K − 1)."""
     batch = x.shape[0]
     clean_logits = logits_fn(x)
     num_classes = clean_logits.shape[-1]
@@ -167,11 +172,17 @@ def fab_targeted(eps: float, norm: str = "linf", steps: int = 100, restarts: int
       all_fooled = jnp.all(clean_wrong | (best[1] <= eps))
       return lax.cond(all_fooled, lambda best: best, attack_run, best)
 
-    n_runs = min(n_target_classes, num_classes - 1) * restarts
+    end = jnp.minimum(last_rank, num_classes - 1) * restarts
     best_adv, best_norm = lax.fori_loop(
-        0, n_runs, run, (x0, jnp.full((batch,), jnp.inf, x0.dtype)))
+        (first_rank - 1) * restarts, end, run, (x0, jnp.full((batch,), jnp.inf, x0.dtype)))
     x_adv = jnp.where((best_norm <= eps)[:, None], best_adv, x0).reshape(x.shape)
     success = jnp.argmax(logits_fn(x_adv), axis=-1) != y
     return AttackResult(x_adv, success)
 
-  return attack
+  def all_targets(logits_fn, x, y, key):
+    return search(logits_fn, x, y, key, 1, n_target_classes)
+
+  def single_target(logits_fn, x, y, key, rank):
+    return search(logits_fn, x, y, key, rank, rank)
+
+  return TargetedAttack(all_targets, single_target, n_target_classes)
