@@ -16,7 +16,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from configs import default as default_config
 from siriib_jax.models import create_model
 from siriib_jax.models.siriib import PooledConv
 
@@ -74,7 +73,9 @@ PAPER_ROWS = (("resnet18", None), ("resnet18", "base"), ("wrn28_10", None),
 
 
 def paper_table() -> str:
-  """The lines of `describe` for every row of Tables 3 and 5 (CIFAR, 10 classes, 32²)."""
+  """The lines of `describe` for every row of Tables 3 and 5 (CIFAR, 10 classes, 32²), from
+  the repository's `configs/default.py` (run from the repository root, as main.py is)."""
+  from configs import default as default_config  # pylint: disable=import-outside-toplevel
   lines = []
   for name, variant in PAPER_ROWS:
     config = default_config.get_config()
