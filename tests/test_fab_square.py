@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from siriib_jax.attacks.fab import fab_targeted
+from siriib_jax.attacks.fab import fab_targeted, hyperplane_box_step
 from siriib_jax.attacks.projections import per_example_norm
 from siriib_jax.attacks.square import p_schedule, pseudo_gaussian_bump, side_schedule, square
 from tests import linear_oracle
@@ -198,3 +198,34 @@ def test_fab_single_targets_add_up_to_the_call_over_all_targets(restarts):
              for rank in range(1, n_targets + 1)]
   assert by_rank[0].any() and not by_rank[0].all()
   np.testing.assert_array_equal(np.asarray(everything.success), np.any(by_rank, axis=0))
+
+
+def _smallest_box_step(p, w, r, norm):
+  """NumPy oracle for `hyperplane_box_step`: w·d as a function of the step length τ is
+  piecewise linear between the knees, so τ is an interpolation between knee values."""
+  direction = np.sign(w) * np.where(r < 0, -1.0, 1.0)[:, None]
+  room = np.where(direction > 0, 1.0 - p, p)
+  abs_w = np.abs(w)
+  speed = np.ones_like(w) if norm == "linf" else abs_w
+  knee = np.where(abs_w * speed > 0, room / np.where(speed > 0, speed, 1.0), 0.0)
+  steps = []
+  for i in range(len(p)):
+    taus = np.unique(np.concatenate([[0.0], knee[i]]))
+    reached = np.sum(abs_w[i] * np.minimum(taus[:, None] * speed[i], room[i]), axis=1)
+    tau = np.interp(abs(r[i]), reached, taus)  # Beyond the last knee: the box corner.
+    steps.append(direction[i] * np.minimum(tau * speed[i], room[i]))
+  return np.stack(steps)
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+@pytest.mark.parametrize("scale", [0.01, 1.0, 100.0])
+def test_hyperplane_box_step_is_the_smallest_step_in_the_box(norm, scale):
+  rng = np.random.default_rng(0)
+  p = np.clip(rng.uniform(-0.2, 1.2, (16, 50)), 0, 1)  # Some coordinates on the faces.
+  w = rng.normal(size=(16, 50)) * (rng.uniform(size=(16, 50)) > 0.1)  # Some zero weights.
+  r = scale * rng.normal(size=16)
+  d = np.asarray(jax.jit(hyperplane_box_step, static_argnums=3)(
+      jnp.asarray(p, jnp.float32), jnp.asarray(w, jnp.float32), jnp.asarray(r, jnp.float32),
+      norm), np.float64)
+  np.testing.assert_allclose(d, _smallest_box_step(p, w, r, norm), atol=2e-5)
+  assert np.all(p + d >= -1e-6) and np.all(p + d <= 1 + 1e-6)

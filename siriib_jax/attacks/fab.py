@@ -19,9 +19,10 @@ Deviations from the reference implementation (fra31/auto-attack, `fab_base.py`):
     therefore the same, and x_adv is the smallest perturbation over all runs rather than the
     first one within ε. AutoAttack instead calls `single_target` target by target on the
     points still robust, as the reference does.
-  * The box-constrained projections onto the hyperplane are solved exactly by one sort per
-    example for both norms (`hyperplane_box_step`), instead of a bisection over sorted
-    breakpoints; the reference solves the same problem.
+  * The box-constrained projections onto the hyperplane are solved by a bisection on the
+    step length followed by the exact solve on its linear piece, for both norms
+    (`hyperplane_box_step`), instead of a bisection over sorted breakpoints; the reference
+    solves the same problem.
 """
 
 import jax
@@ -32,22 +33,28 @@ from siriib_jax.attacks.base import AttackResult, LogitsFn, TargetedAttack
 from siriib_jax.attacks.projections import NORMS, per_example_norm
 
 
-def hyperplane_box_step(p: jnp.ndarray, w: jnp.ndarray, r: jnp.ndarray,
-                        norm: str) -> jnp.ndarray:
+def hyperplane_box_step(p: jnp.ndarray, w: jnp.ndarray, r: jnp.ndarray, norm: str,
+                        bisections: int = 40) -> jnp.ndarray:
   """The smallest step d with `w·d = r` and `p + d ∈ [0, 1]^n` (FAB's projection, Sec. 3).
 
   Along the optimal path every coordinate moves towards sign(r·w_i) as
   `min(τ · speed_i, room_i)` for a scalar τ ≥ 0, where room_i is the distance to the box face
   it moves to and speed_i is 1 for L∞ (all coordinates move by τ until they saturate) and
   |w_i| for L2 (the KKT solution clips λw). `w·d` is then piecewise linear and increasing in
-  τ with knees where coordinates saturate; sorting the knees gives the exact τ. When the
-  hyperplane does not meet the box, d goes to the box corner closest to it.
+  τ with knees where coordinates saturate. `bisections` halvings of [0, largest knee] bracket
+  τ; on the linear piece right of the bracket's lower end τ is then solved exactly (the
+  bracket, 2⁻⁴⁰ of the largest knee, is below float32 resolution, so this is the exact
+  solution up to rounding). The reference sorts the knees; on XLA:CPU this function took
+  126 ms with a sort and 6.6 ms with the bisection for 126 × 3,072 (L∞; both agree to 1e-5,
+  `/tmp` probe, session 6). When the hyperplane does not meet the box, d goes to the box
+  corner closest to it.
 
   Args:
     p: (B, n) points in [0, 1].
     w: (B, n) hyperplane normals.
     r: (B,) required change of `w·p`.
     norm: "linf" or "l2".
+    bisections: halvings of the bracket on τ.
 
   Returns:
     (B, n) the steps d.
@@ -58,22 +65,22 @@ def hyperplane_box_step(p: jnp.ndarray, w: jnp.ndarray, r: jnp.ndarray,
   speed = jnp.ones_like(w) if norm == "linf" else abs_w
   slope = abs_w * speed
   knee = jnp.where(slope > 0, room / jnp.where(speed > 0, speed, 1.0), 0.0)
-
-  order = jnp.argsort(knee, axis=1)
-  knee = jnp.take_along_axis(knee, order, axis=1)
-  slope = jnp.take_along_axis(slope, order, axis=1)
-  gain = jnp.take_along_axis(abs_w * room, order, axis=1)
-  gain_before = jnp.cumsum(gain, axis=1) - gain  # From coordinates saturated before knee k.
-  slope_after = jnp.cumsum(slope[:, ::-1], axis=1)[:, ::-1]  # Still moving at knee k.
-  reached = gain_before + knee * slope_after  # w·d (in absolute value) at τ = knee_k.
-
   target = jnp.abs(r)
-  k = jnp.sum(reached < target[:, None], axis=1)
-  kc = jnp.minimum(k, p.shape[1] - 1)[:, None]
-  slope_k = jnp.take_along_axis(slope_after, kc, axis=1)[:, 0]
-  tau = (target - jnp.take_along_axis(gain_before, kc, axis=1)[:, 0]) / jnp.where(
-      slope_k > 0, slope_k, 1.0)
-  tau = jnp.where(k < p.shape[1], tau, knee[:, -1])
+  reached = lambda tau: jnp.sum(abs_w * jnp.minimum(tau[:, None] * speed, room), axis=1)
+
+  def halve(_, bracket):
+    low, high = bracket
+    middle = 0.5 * (low + high)
+    below = reached(middle) < target
+    return jnp.where(below, middle, low), jnp.where(below, high, middle)
+
+  high = jnp.max(knee, axis=1)
+  low, high = lax.fori_loop(0, bisections, halve, (jnp.zeros_like(high), high))
+  saturated = knee <= low[:, None]
+  gain = jnp.sum(jnp.where(saturated, abs_w * room, 0.0), axis=1)
+  free_slope = jnp.sum(jnp.where(saturated, 0.0, slope), axis=1)
+  tau = (target - gain) / jnp.where(free_slope > 0, free_slope, 1.0)
+  tau = jnp.clip(tau, low, high)  # Beyond every knee (no solution): the box corner.
   return direction * jnp.minimum(tau[:, None] * speed, room)
 
 
