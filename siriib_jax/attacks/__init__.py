@@ -24,8 +24,8 @@ from siriib_jax.attacks.square import square
 
 __all__ = [
     "Attack", "AttackResult", "AutoAttack", "AutoAttackResult", "ImageLoss", "LogitsFn",
-    "TargetedAttack", "apgd", "apgd_targeted", "autoattack", "cross_entropy", "cw_margin", "dlr",
-    "dlr_targeted", "fab_targeted", "fgsm", "get_attack", "pgd", "square",
+    "TargetedAttack", "apgd", "apgd_targeted", "autoattack", "cross_entropy", "cw_margin",
+    "dlr", "dlr_targeted", "fab_targeted", "fgsm", "get_attack", "pgd", "square",
 ]
 
 _FIXED = {
