@@ -98,7 +98,7 @@ def _print(path: str, s: dict, top: int) -> None:
   print("\n| category | ms | share of kernel time |\n|---|---|---|")
   for category, us in sorted(s["categories"].items(), key=lambda kv: -kv[1]):
     print(f"| {category} | {us / 1e3:.1f} | {us / s['kernel_us']:.1%} |")
-  print(f"\n| top kernel | category | ms | calls |\n|---|---|---|---|")
+  print("\n| top kernel | category | ms | calls |\n|---|---|---|---|")
   ranked = sorted(s["kernels"].items(), key=lambda kv: -kv[1][0])[:top]
   for name, (us, count) in ranked:
     print(f"| `{name[:90]}` | {categorise(name)} | {us / 1e3:.2f} | {count} |")
