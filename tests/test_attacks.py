@@ -11,7 +11,7 @@ import pytest
 
 from siriib_jax import attacks
 from siriib_jax.attacks.apgd import checkpoints
-from siriib_jax.attacks.autoattack import SIZES, bucket_size
+from siriib_jax.attacks.autoattack import bucket_size
 from siriib_jax.attacks.gradients import Candidate, ImageLoss, worst_case
 from tests.linear_oracle import critical_eps, linear_logits, robust
 
@@ -174,10 +174,10 @@ def test_autoattack_robustness_is_and_over_components(norm):
 @pytest.mark.parametrize("bucket", [1, 7, 8, 64, 256, 500])
 def test_autoattack_chunks_pad_little_to_few_sizes(bucket):
   sizes = [bucket_size(n, bucket) for n in range(1, bucket + 1)]
-  granule = -(-bucket // SIZES)
-  assert all(n <= size <= bucket and size - n < granule and size < 2 * n
+  assert all(n <= size <= bucket and 8 * (size - n) < n  # Less than 1/8 of padding.
              for n, size in zip(range(1, bucket + 1), sizes))
-  assert len(set(sizes)) <= SIZES + granule.bit_length()
+  for octave in range(1, bucket.bit_length() + 1):  # Sizes in [2^(octave-1), 2^octave).
+    assert len({s for s in sizes if s != bucket and s.bit_length() == octave}) <= 8
 
 
 def test_autoattack_counts_clean_errors_and_reuses_compilations():

@@ -15,10 +15,11 @@ another, each on the points still robust, as the reference implementation does.
 
 Selection runs on the host, since shapes inside `jit` are static: the robust points are
 gathered, cut into chunks of at most `bucket` (default: the batch size) and each chunk is
-padded, by repeating its first point, to the next multiple of g = ⌈bucket / 8⌉ (at most
-`bucket`), or, when it holds fewer than g points, to the next power of two; each attack is
-jitted once and so compiles for at most 8 + log₂ g chunk sizes, and a chunk carries fewer
-than g padding points and never doubles.
+padded, by repeating its first point, to the next size with at most four significant bits
+(m · 2^k, 8 ≤ m < 16; at most `bucket`): a chunk carries less than 1/8 of padding, and an
+attack, jitted once, compiles for at most 8 chunk sizes per octave of chunk size (16 below
+16 points) — in practice one or two per attack and evaluation, as only the last chunk of
+each call is partial.
 Pass `logits_fn` as a `jax.tree_util.Partial(apply_fn, params)`: it is then a jit argument
 (a plain function is wrapped, and any arrays it closes over become compile-time constants).
 
@@ -79,19 +80,15 @@ def components(eps: float, norm: str = "linf", version: str = "standard"):
   raise ValueError(f"version must be one of {VERSIONS}, got {version!r}")
 
 
-# A chunk is padded to a multiple of ⌈bucket / SIZES⌉ (small ones to a power of two).
-SIZES = 8
+# A chunk is padded to the next size with at most this many significant bits.
+SIGNIFICANT_BITS = 4
 
 
 def bucket_size(n: int, bucket: int) -> int:
-  """The padded size of a chunk of 1 ≤ n ≤ bucket points: the next multiple of
-  g = ⌈bucket / SIZES⌉, at most `bucket`; below g, the next power of two (so that the few
-  points left for the last attacks of a small evaluation are not padded up to g: the
-  quickstart's 4 points would otherwise run as 32)."""
-  granule = -(-bucket // SIZES)
-  if n < granule:
-    return min(1 << (n - 1).bit_length(), granule)
-  return min(-(-n // granule) * granule, bucket)
+  """The padded size of a chunk of 1 ≤ n ≤ bucket points: n rounded up to m · 2^k with
+  m < 2^SIGNIFICANT_BITS (less than n / 8 of padding), at most `bucket`."""
+  shift = max(n.bit_length() - SIGNIFICANT_BITS, 0)
+  return min(-(-n >> shift) << shift, bucket)
 
 
 class AutoAttack:
