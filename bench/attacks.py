@@ -104,6 +104,9 @@ def _parse_args(argv=None):
   p.add_argument("--params", default="",
                  help="file of the trained CNN's parameters: loaded if it exists, else "
                       "written after training")
+  p.add_argument("--forward-batches", default="",
+                 help="comma list of batch sizes: time the forward pass alone at each "
+                      "(both frameworks, alternated) and stop")
   p.add_argument("--json", default="")
   return p.parse_args(argv)
 
@@ -167,6 +170,27 @@ def torch_pgd(model, x, y, steps=20, alpha=2 / 255, seed=0):
   return x_adv.detach()
 
 
+def time_forward(apply_fn, params, torch_model, x: np.ndarray, repeats: int = 5,
+                 calls: int = 10) -> dict:
+  """Median seconds of one forward pass of (B, 32, 32, 3) `x` in JAX (jitted) and PyTorch
+  (no_grad), `repeats` alternated rounds of `calls` passes each."""
+  x_t = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
+  jax.block_until_ready(apply_fn(params, x))
+  times = {"jax": [], "torch": []}
+  with torch.no_grad():
+    torch_model(x_t)
+    for _ in range(repeats):
+      start = time.perf_counter()
+      for _ in range(calls):
+        jax.block_until_ready(apply_fn(params, x))
+      times["jax"].append((time.perf_counter() - start) / calls)
+      start = time.perf_counter()
+      for _ in range(calls):
+        torch_model(x_t)
+      times["torch"].append((time.perf_counter() - start) / calls)
+  return {name: float(np.median(t)) for name, t in times.items()}
+
+
 def _load():
   with open("/proc/loadavg") as f:
     return " ".join(f.read().split()[:3])
@@ -204,6 +228,14 @@ def main(argv=None):
   out["clean_acc_jax"] = float((logits_j.argmax(-1) == y_np).mean())
   out["clean_acc_torch"] = float((logits_t.argmax(-1) == y_np).mean())
   print(json.dumps(out), flush=True)
+
+  if args.forward_batches:
+    for batch in map(int, args.forward_batches.split(",")):
+      x_batch = np.resize(x_np, (batch,) + x_np.shape[1:])
+      seconds = time_forward(apply_fn, params, torch_model, x_batch)
+      out[f"forward_{batch}"] = {**seconds, "ratio": seconds["jax"] / seconds["torch"]}
+    _finish(out, args.json)
+    return
 
   # PGD-20.
   pgd20 = get_attack("pgd20", EPS, step_size=2 / 255)
@@ -260,10 +292,14 @@ def main(argv=None):
       out["aa_ratio_cold"] = out["aa_jax_cold_s"] / out["aa_torch_s"]
     if "aa_jax_warm_s" in out and "aa_torch_s" in out:
       out["aa_ratio_warm"] = out["aa_jax_warm_s"] / out["aa_torch_s"]
+  _finish(out, args.json)
+
+
+def _finish(out: dict, path: str):
   out["load_end"] = _load()
   print(json.dumps(out), flush=True)
-  if args.json:
-    with open(args.json, "w") as f:
+  if path:
+    with open(path, "w") as f:
       json.dump(out, f, indent=1)
 
 
