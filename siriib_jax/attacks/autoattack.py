@@ -16,7 +16,7 @@ another, each on the points still robust, as the reference implementation does.
 Selection runs on the host, since shapes inside `jit` are static: the robust points are
 gathered, cut into chunks of at most `bucket` (default: the batch size) and each chunk is
 padded, by repeating its first point, to the next size with at most four significant bits
-(m · 2^k, 8 ≤ m < 16; at most `bucket`): a chunk carries less than 1/8 of padding, and an
+(m · 2^k with m < 16, at most `bucket`): a chunk carries less than 1/8 of padding, and an
 attack, jitted once, compiles for at most 8 chunk sizes per octave of chunk size (16 below
 16 points) — in practice one or two per attack and evaluation, as only the last chunk of
 each call is partial.
