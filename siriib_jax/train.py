@@ -149,12 +149,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       batch = parallel.global_batch(data.train_batch(step), mesh)
       state, metrics = train_step(state, batch, train_key)
       history.append(metrics)
-      progress(step + 1)
       done = step + 1
       end_of_epoch = done % steps_per_epoch == 0
       if done % config.log_every_steps == 0 or end_of_epoch or done == num_steps:
-        summary = _mean_metrics(history)
+        summary = _mean_metrics(history)  # Waits for step `done` to finish.
         history = []
+        # Only here, where the host has waited for the device: between two calls of
+        # `progress` whole steps ran (elsewhere it would time the asynchronous dispatch).
+        progress(done)
         if summary.pop("finite") < 1.0:
           checkpoints.close()
           raise NonFiniteLossError(
