@@ -12,6 +12,7 @@ minutes on this CPU). Only the training seed changes between seeds; the data sub
 the evaluation points are the same for every run.
 
     python bench/reproduce.py --out /tmp/siriib_repro            # the RESULTS.md protocol
+    python bench/reproduce.py --out /tmp/siriib_clip --models resnet18_sr --clip_global_norm 10
 
 Reads the pixels from ../shared/data (the project's copy of CIFAR-10) and writes them as
 `npz` datasets into `--out/data`; everything else goes through the product
@@ -77,6 +78,7 @@ def run_config(args, data_dir: str, seed: int, siriib: bool):
   config.batch_size = args.batch_size
   config.optimizer.learning_rate = args.learning_rate
   config.optimizer.decay_epochs = tuple(args.decay_epochs)
+  config.optimizer.clip_global_norm = args.clip_global_norm
   config.log_every_steps = 20
   config.keep_checkpoints = 1
   config.final_eval_size = 0  # Evaluated below, by `evaluate`.
@@ -100,6 +102,9 @@ def evaluate(config, workdir: pathlib.Path, attacks, subset_size: int) -> dict:
   return {row.name: 100.0 * row.accuracy for row in report.rows}
 
 
+MODELS = ("resnet18", "resnet18_sr")  # Without and with SiRIIB.
+
+
 def main():
   use_eigen_convolutions()  # As main.py runs.
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -118,14 +123,19 @@ def main():
   parser.add_argument("--learning_rate", type=float, default=0.05)
   parser.add_argument("--eval_size", type=int, default=500, help="clean and PGD-20 points")
   parser.add_argument("--autoattack_size", type=int, default=40, help="AutoAttack points")
+  parser.add_argument("--clip_global_norm", type=float, default=0.0,
+                      help="optimizer.clip_global_norm (0: no clipping, as the paper)")
+  parser.add_argument("--models", choices=MODELS, nargs="+", default=list(MODELS),
+                      help="which of the two models to train")
   args = parser.parse_args()
 
   data_dir = write_data(args.out, args.train_size, args.shared)
   results_path = args.out / "results.json"
   results = json.loads(results_path.read_text()) if results_path.exists() else {}
   for seed in args.seeds:
-    for siriib in (False, True):
-      name = f"{'resnet18_sr' if siriib else 'resnet18'}_seed{seed}"
+    for model in args.models:
+      siriib = model == "resnet18_sr"
+      name = f"{model}_seed{seed}"
       if name in results:
         continue
       started = time.time()
@@ -146,6 +156,8 @@ def main():
   print(f"\n| model | clean | PGD-20 | AutoAttack | runs |\n|---|---|---|---|---|")
   for siriib in (False, True):
     runs = [r for k, r in results.items() if not k.startswith("_") and r["siriib"] == siriib]
+    if not runs:
+      continue
     cells = []
     for metric in ("clean", "pgd20", "autoattack"):
       values = np.array([r[metric] for r in runs])
