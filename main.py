@@ -11,7 +11,6 @@ Modes:
   svd_study   the SVD swap study of paper §3.1 (Fig. 1-2) in `workdir/evaluation/`.
 """
 
-import logging as python_logging
 import sys
 
 import jax
@@ -26,7 +25,7 @@ from siriib_jax.config_validation import check_known_keys
 from siriib_jax.data import DatasetNotFoundError
 from siriib_jax.evaluation import command as evaluation_command
 from siriib_jax.train import NonFiniteLossError, train_and_evaluate
-from siriib_jax.xla_cpu import use_eigen_convolutions
+from siriib_jax.runtime import configure_process
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "ml_collections config file.",
                                           lock_config=True)
@@ -38,18 +37,10 @@ _MULTIHOST = flags.DEFINE_bool("multihost", False,
                                "multi-node GPU).")
 
 
-class _QuietOrbax(python_logging.Filter):
-  """Keeps orbax's per-save INFO chatter out of the log; its warnings still show."""
-
-  def filter(self, record):
-    return record.levelno >= python_logging.WARNING or "/orbax/" not in record.pathname
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  use_eigen_convolutions()  # Before JAX initialises its backends (siriib_jax/xla_cpu.py).
-  logging.get_absl_handler().addFilter(_QuietOrbax())
+  configure_process()  # Before JAX initialises its backends (siriib_jax/runtime.py).
   if _MULTIHOST.value:
     jax.distributed.initialize()
   config = _CONFIG.value

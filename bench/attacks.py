@@ -34,9 +34,9 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "..", "shared", "data"))
 
-from siriib_jax.xla_cpu import use_eigen_convolutions  # pylint: disable=wrong-import-position
+from siriib_jax.runtime import configure_process  # pylint: disable=wrong-import-position
 
-use_eigen_convolutions()  # As main.py runs; before JAX initialises its backends.
+configure_process()  # As main.py runs; before JAX initialises its backends.
 
 import flax  # pylint: disable=wrong-import-position
 import flax.linen as nn  # pylint: disable=wrong-import-position

@@ -39,7 +39,7 @@ from configs import default  # noqa: E402  pylint: disable=wrong-import-position
 from siriib_jax.data import stratified_subset  # noqa: E402
 from siriib_jax.evaluation import command  # noqa: E402
 from siriib_jax.train import train_and_evaluate  # noqa: E402
-from siriib_jax.xla_cpu import use_eigen_convolutions  # noqa: E402
+from siriib_jax.runtime import configure_process  # noqa: E402
 
 
 def _load_cifar10(shared: pathlib.Path):
@@ -106,7 +106,7 @@ MODELS = ("resnet18", "resnet18_sr")  # Without and with SiRIIB.
 
 
 def main():
-  use_eigen_convolutions()  # As main.py runs.
+  configure_process()  # As main.py runs.
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--out", required=True, type=pathlib.Path)
   parser.add_argument("--shared", type=pathlib.Path, default=REPO.parent / "shared" / "data")

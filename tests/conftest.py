@@ -10,10 +10,10 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from configs import default  # noqa: E402  pylint: disable=wrong-import-position
-from siriib_jax.xla_cpu import use_eigen_convolutions  # noqa: E402
+from siriib_jax.runtime import configure_process  # noqa: E402
 
 # As main.py runs; before the first computation initialises the backend.
-use_eigen_convolutions()
+configure_process()
 # The tests compile many small programs and run each for moments: XLA:CPU's LLVM code
 # generation is most of their time (the tiny train step: 32 of 40 s). Its cheapest
 # optimisation level compiles that step in 27 s instead of 43 s and runs it in 0.2 s

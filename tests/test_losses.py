@@ -33,12 +33,17 @@ def test_svd_loss_and_its_gradient_are_finite_on_degenerate_images(name):
     value, grad = jax.value_and_grad(lambda a, c=x_clean: jnp.sum(losses.svd_loss(a, c)))(x_avg)
     assert np.isfinite(float(value))
     assert bool(jnp.all(jnp.isfinite(grad)))
-  # The naive route (autodiff through jnp.linalg.svd's U and V) is not finite here,
-  # which is what the custom gradient is for.
+  # The control: the naive route (autodiff through jnp.linalg.svd's U and V) is unusable
+  # here, which is what the custom gradient is for. What LAPACK returns for a degenerate
+  # input differs between processors (NaN/Inf on one, entries near 1e10 on another), so the
+  # control accepts either: non-finite, or orders of magnitude above the project's gradient.
   def naive(a):
     u, _, vt = jnp.linalg.svd(jnp.moveaxis(a, -1, 1))
     return jnp.sum((u @ vt - jnp.moveaxis(clean, -1, 1)) ** 2)
-  assert not bool(jnp.all(jnp.isfinite(jax.grad(naive)(image))))
+  naive_grad = np.asarray(jax.grad(naive)(image))
+  ours = np.asarray(jax.grad(lambda a: jnp.sum(losses.svd_loss(a, clean)))(image))
+  assert (not np.all(np.isfinite(naive_grad))
+          or np.abs(naive_grad).max() > 1e4 * max(np.abs(ours).max(), 1e-6))
 
 
 def test_custom_gradient_matches_autodiff_on_generic_images():
