@@ -8,7 +8,7 @@ import jax
 import ml_collections
 import pytest
 
-from conftest import tiny_training_config, write_npz_dataset
+from tests.helpers import tiny_training_config, write_npz_dataset
 from configs import default
 from siriib_jax import train as train_lib
 from siriib_jax.checkpointing import CheckpointError, Checkpoints

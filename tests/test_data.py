@@ -16,7 +16,7 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from configs import default
-from conftest import register_prepared_cifar10
+from tests.helpers import register_prepared_cifar10
 from siriib_jax import config_errors
 from siriib_jax import data
 from siriib_jax.data import prepare

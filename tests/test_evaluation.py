@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import tiny_training_config, write_npz_dataset
+from tests.helpers import tiny_training_config, write_npz_dataset
 from siriib_jax import train as train_lib
 from siriib_jax.data import InputPipeline
 from siriib_jax.evaluation import (TABLE4_LOSSES, Target, adaptive_pgd, evaluate_robustness,

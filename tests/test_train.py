@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import tiny_training_config, write_npz_dataset
+from tests.helpers import tiny_training_config, write_npz_dataset
 from siriib_jax import train as train_lib
 from siriib_jax.checkpointing import Checkpoints, load_variables
 from siriib_jax.data import InputPipeline
@@ -122,7 +122,7 @@ import os, sys
 os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
 sys.path.insert(0, {repo!r}); sys.path.insert(0, os.path.join({repo!r}, "tests"))
 import jax, numpy as np
-from conftest import tiny_training_config, write_npz_dataset
+from tests.helpers import tiny_training_config, write_npz_dataset
 from siriib_jax import parallel
 from siriib_jax.config_errors import ConfigError
 from siriib_jax.config_validation import validate_config
