@@ -42,6 +42,7 @@ from siriib_jax.attacks.square import square
 
 VERSIONS = ("standard", "rand")
 EOT_SAMPLES = 20
+SQUARE_QUERIES = 5000  # Square's budget in the standard ensemble (Croce & Hein 2020).
 
 
 class ComponentResult(NamedTuple):
@@ -63,14 +64,16 @@ class AutoAttackResult(NamedTuple):
   components: Dict[str, ComponentResult]
 
 
-def components(eps: float, norm: str = "linf", version: str = "standard"):
-  """The ensemble of `version`, as an ordered dict name -> `Attack`."""
+def components(eps: float, norm: str = "linf", version: str = "standard",
+               square_queries: int = SQUARE_QUERIES):
+  """The ensemble of `version`, as an ordered dict name -> `Attack`; Square (standard
+  only) runs `square_queries` queries (5,000 in Croce & Hein 2020)."""
   if version == "standard":
     return {
         "apgd-ce": apgd(eps, norm),
         "apgd-t": apgd_targeted(eps, norm),
         "fab-t": fab_targeted(eps, norm),
-        "square": square(eps, norm, queries=5000),
+        "square": square(eps, norm, queries=square_queries),
     }
   if version == "rand":
     return {
@@ -100,12 +103,15 @@ class AutoAttack:
     version: 'standard' or 'rand'.
     bucket: the largest chunk an attack sees; None: the batch size of each call.
     attacks: overrides the ensemble (name -> `Attack`, run in order), e.g. for tests.
+    square_queries: Square's query budget in the standard ensemble.
   """
 
   def __init__(self, eps: float, norm: str = "linf", version: str = "standard",
-               bucket: Optional[int] = None, attacks: Optional[dict] = None):
+               bucket: Optional[int] = None, attacks: Optional[dict] = None,
+               square_queries: int = SQUARE_QUERIES):
     self.eot_samples = EOT_SAMPLES if version == "rand" else 0
-    attacks = components(eps, norm, version) if attacks is None else attacks
+    if attacks is None:
+      attacks = components(eps, norm, version, square_queries)
     # name -> (jitted attack, its target ranks or None); a targeted attack is called once
     # per rank, with the rank as its last argument.
     self.attacks = {}
@@ -168,6 +174,7 @@ class AutoAttack:
 
 
 def autoattack(eps: float, norm: str = "linf", version: str = "standard",
-               bucket: Optional[int] = None) -> AutoAttack:
+               bucket: Optional[int] = None,
+               square_queries: int = SQUARE_QUERIES) -> AutoAttack:
   """AutoAttack `version` ('standard' or 'rand') in the `norm` ε-ball; see `AutoAttack`."""
-  return AutoAttack(eps, norm, version, bucket)
+  return AutoAttack(eps, norm, version, bucket, square_queries=square_queries)
