@@ -49,3 +49,36 @@ def register_prepared_cifar10(data_dir) -> None:
       for s, n in (("train", 50000), ("test", 10000))]))
   builder.data_path.mkdir(parents=True)
   builder.info.write_to_directory(builder.data_path)
+
+
+def linear_problem(classes: int, norm: str, n: int, shape=(4, 4, 3), seed: int = 0,
+                   band: float = 0.1, eps_quantile: float = 0.5):
+  """A random linear `classes`-class model on images of `shape` (weights centred over the
+  pixels), n correctly classified points and ε, the `eps_quantile` quantile of their exact
+  critical ε (`linear_oracle`).
+
+  Points whose critical ε is within ±`band`·ε are dropped (the oracle is exact there, an
+  attack on another loss may fall short by a hair). For L2 the points lie in [0.3, 0.7] and
+  ε ≤ 0.3 is asserted, so the ball is inside the box and the oracle's closed form is exact.
+
+  Returns:
+    (w (D, K), b (K,), x (n, *shape), y (n,), eps, critical (n,)), NumPy float32 / int.
+  """
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from tests.linear_oracle import critical_eps  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(seed)
+  dim = int(np.prod(shape))
+  w = rng.normal(size=(dim, classes))
+  # Centred over the pixels, so that the distance to a decision boundary comes from how the
+  # images differ, not from their common mean 0.5 (which put the L2 critical ε near 0.5 with
+  # 2 classes, outside the range where the L2 oracle is exact).
+  w = (w - w.mean(axis=0)).astype(np.float32)
+  b = (0.1 * rng.normal(size=classes)).astype(np.float32)
+  low = 0.3 if norm == "l2" else 0.0
+  x = rng.uniform(low, 1 - low, size=(4 * n,) + tuple(shape)).astype(np.float32)
+  y = np.argmax(x.reshape(len(x), -1) @ w + b, axis=1)
+  critical = critical_eps(w, b, x, y, norm)
+  eps = float(np.quantile(critical, eps_quantile))
+  keep = np.flatnonzero(np.abs(critical / eps - 1) > band)[:n]
+  assert len(keep) == n and (norm == "linf" or eps <= 0.3), (len(keep), eps)
+  return w, b, x[keep], y[keep], eps, critical[keep]

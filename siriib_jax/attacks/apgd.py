@@ -30,9 +30,11 @@ import numpy as np
 
 from siriib_jax.attacks.base import Attack, AttackResult, TargetedAttack
 from siriib_jax.attacks.gradients import (Candidate, Loss, bind_objective, loop_unroll,
-                                          random_start, value_logits_and_grad,
-                                          worst_of_runs)
-from siriib_jax.attacks.objectives import cross_entropy, dlr_targeted
+                                          num_classes, random_start,
+                                          value_logits_and_grad, worst_of_runs)
+from siriib_jax.attacks.objectives import (DLR_REASON, DLR_TARGETED_REASON, FEW_CLASSES_FIX,
+                                           cross_entropy, dlr, dlr_targeted, min_classes,
+                                           require_classes)
 from siriib_jax.attacks.projections import NORMS, normalized_step, project
 
 
@@ -138,16 +140,29 @@ def apgd(eps: float,
     unroll: `lax.fori_loop`'s `unroll`; None: `gradients.loop_unroll`.
 
   Returns:
-    An `Attack`: `(logits_fn, x (B, H, W, C), y (B,), key) -> AttackResult`.
+    An `Attack`: `(logits_fn, x (B, H, W, C), y (B,), key) -> AttackResult`, with
+    `min_classes`, the fewest classes its loss is defined for (3 for DLR).
+
+  Raises (when the attack is traced, before anything is compiled):
+    ClassCountError: the logits have fewer classes than the loss's `min_classes` (APGD-DLR
+      needs K ≥ 3), naming the attack and both counts.
   """
   _check(norm, steps, restarts)
   options = dict(eps=eps, norm=norm, steps=steps, rho=rho, momentum=momentum, unroll=unroll)
+  required = min_classes(loss)
+  if loss is dlr:
+    name, reason = "apgd-dlr (APGD-DLR)", DLR_REASON
+  else:
+    name, reason = f"APGD on the loss {getattr(loss, '__name__', loss)!r}", ""
 
   def attack(logits_fn, x, y, key):
+    require_classes(num_classes(logits_fn, x, eot_samples), required, name, reason,
+                    FEW_CLASSES_FIX)
     objective = bind_objective(logits_fn, loss, y, eot_samples)
     worst = worst_of_runs(lambda _, k: _run(objective, x, y, k, **options), key, restarts)
     return AttackResult(worst.x_adv, worst.success)
 
+  attack.min_classes = required
   return attack
 
 
@@ -164,25 +179,35 @@ def apgd_targeted(eps: float,
 
   The targets are the classes ranked 2 … `n_target_classes` + 1 by the clean logits
   (capped at K − 1); every target gets `restarts` runs and the per-example worst case over
-  all of them is kept. A success is any misclassification. Needs K ≥ 4 classes (DLR).
+  all of them is kept. A success is any misclassification.
   `single_target(logits_fn, x, y, key, rank)` runs the `restarts` runs against the class
   ranked `rank` + 1 only (what AutoAttack calls, target by target, on the points still
-  robust, as the reference implementation does). Other arguments as for `apgd`.
+  robust, as the reference implementation does); a rank outside 1 … K − 1 attacks nothing
+  (x_adv = x, success False). Other arguments as for `apgd`.
+
+  Raises (when traced, before anything is compiled):
+    ClassCountError: the logits have fewer than 4 classes (the targeted DLR loss reads the
+      4th largest logit), naming apgd-t and the count.
   """
   _check(norm, steps, restarts)
   options = dict(eps=eps, norm=norm, steps=steps, rho=rho, momentum=momentum, unroll=unroll)
 
   def runs(logits_fn, x, y, key, first_rank, n_ranks) -> Candidate:
     """The worst case over `restarts` runs for each of `n_ranks` targets from `first_rank`."""
+    classes = num_classes(logits_fn, x, eot_samples)
+    require_classes(classes, dlr_targeted.min_classes, "apgd-t (APGD-T)",
+                    DLR_TARGETED_REASON, FEW_CLASSES_FIX)
     key_clean, key = jax.random.split(key)
     _, logits = bind_objective(logits_fn, cross_entropy, y, eot_samples)(x, key_clean)
     ranked = jnp.argsort(logits, axis=-1)[:, ::-1]  # (B, K), most likely first.
-    n_ranks = min(n_ranks, logits.shape[-1] - 1)
+    n_ranks = min(n_ranks, classes - 1)
 
     def run(r, key):
-      target = ranked[:, first_rank + r // restarts]
+      rank = first_rank + r // restarts  # ≤ K − 1 when called through `all_targets`.
+      target = ranked[:, jnp.minimum(rank, classes - 1)]
       loss = lambda z, labels: dlr_targeted(z, labels, target)
-      return _run(bind_objective(logits_fn, loss, y, eot_samples), x, y, key, **options)
+      found = _run(bind_objective(logits_fn, loss, y, eot_samples), x, y, key, **options)
+      return found._replace(success=found.success & (rank <= classes - 1))
 
     return worst_of_runs(run, key, n_ranks * restarts)
 
@@ -192,6 +217,9 @@ def apgd_targeted(eps: float,
 
   def single_target(logits_fn, x, y, key, rank):
     worst = runs(logits_fn, x, y, key, rank, 1)
-    return AttackResult(worst.x_adv, worst.success)
+    in_range = (rank >= 1) & (rank <= num_classes(logits_fn, x, eot_samples) - 1)
+    x_adv = jnp.where(in_range, worst.x_adv, x)
+    return AttackResult(x_adv, worst.success & in_range)
 
-  return TargetedAttack(all_targets, single_target, n_target_classes)
+  return TargetedAttack(all_targets, single_target, n_target_classes,
+                        min_classes=dlr_targeted.min_classes)

@@ -13,6 +13,16 @@ AutoAttack's robustness is the logical AND of its components' (the worst case pe
 A targeted attack (`base.TargetedAttack`: APGD-T, FAB-T) runs one target class after
 another, each on the points still robust, as the reference implementation does.
 
+Class counts: a component defined only for K ≥ k classes (`base.required_classes`: APGD-T
+needs 4, its targeted DLR loss reading the 4th largest logit; APGD-DLR needs 3) is not run
+on a model with fewer classes; the result's `skipped` names it with the reason, and a
+warning is logged. This is the ensemble's defined substitute: with K = 2, for instance, the
+targeted attack against the one other class is what APGD-CE (whose cross-entropy is then
+monotone in the margin) and FAB-T already run, and the DLR ratio would be a constant ±1
+with zero gradient. The class count is read from the static shape of the logits
+(`jax.eval_shape`) before anything is compiled. The reference implementation only warns
+and runs the attack on the out-of-range logit.
+
 Selection runs on the host, since shapes inside `jit` are static: the robust points are
 gathered, cut into chunks of at most `bucket` (default: the batch size) and each chunk is
 padded, by repeating its first point, to the next size with at most four significant bits
@@ -27,6 +37,7 @@ Pass `logits_fn` as a `jax.tree_util.Partial(apply_fn, params)`: it is then a ji
 """
 
 import functools
+import logging
 import time
 from typing import Dict, NamedTuple, Optional
 
@@ -34,10 +45,11 @@ import jax
 import numpy as np
 
 from siriib_jax.attacks.apgd import apgd, apgd_targeted
-from siriib_jax.attacks.base import TargetedAttack
+from siriib_jax.attacks.base import TargetedAttack, required_classes
 from siriib_jax.attacks.fab import fab_targeted
 from siriib_jax.attacks.gradients import bind_objective
-from siriib_jax.attacks.objectives import cross_entropy, dlr
+from siriib_jax.attacks.objectives import (DLR_REASON, DLR_TARGETED_REASON, cross_entropy,
+                                           dlr)
 from siriib_jax.attacks.square import square
 
 VERSIONS = ("standard", "rand")
@@ -57,11 +69,13 @@ class ComponentResult(NamedTuple):
 class AutoAttackResult(NamedTuple):
   """x_adv: (B, H, W, C); success: (B,) bool, clean misclassification included;
   clean_success: (B,) bool, misclassified without attack; components: name ->
-  `ComponentResult`, in the order run."""
+  `ComponentResult`, in the order run; skipped: name -> why, for the components not run
+  because the model has fewer classes than they need (module doc)."""
   x_adv: np.ndarray
   success: np.ndarray
   clean_success: np.ndarray
   components: Dict[str, ComponentResult]
+  skipped: Dict[str, str] = {}
 
 
 def components(eps: float, norm: str = "linf", version: str = "standard",
@@ -114,13 +128,22 @@ class AutoAttack:
       attacks = components(eps, norm, version, square_queries)
     # name -> (jitted attack, its target ranks or None); a targeted attack is called once
     # per rank, with the rank as its last argument.
-    self.attacks = {}
+    self.attacks, self.min_classes = {}, {}
     for name, attack in attacks.items():
       if isinstance(attack, TargetedAttack):
         self.attacks[name] = (jax.jit(attack.single_target), attack.n_target_classes)
       else:
         self.attacks[name] = (jax.jit(attack), None)
+      self.min_classes[name] = required_classes(attack)
     self.bucket = bucket
+
+  def skipped(self, classes: int) -> Dict[str, str]:
+    """name -> why, for the components this ensemble leaves out on a model with
+    `classes` classes (those whose `min_classes` exceeds it)."""
+    reasons = {"apgd-t": DLR_TARGETED_REASON, "apgd-dlr": DLR_REASON}
+    return {name: f"{name} needs at least {k} classes, the model has {classes}"
+                  + (f" ({reasons[name]})" if name in reasons else "")
+            for name, k in self.min_classes.items() if k > classes}
 
   @functools.partial(jax.jit, static_argnums=0)
   def _clean_logits(self, logits_fn, x, y, key):
@@ -133,11 +156,17 @@ class AutoAttack:
     x, y = np.asarray(x), np.asarray(y)
     bucket = self.bucket or len(x)
     key_clean, key = jax.random.split(key)
+    # K from the static shape of the clean logits: traced (once, cached), nothing compiled.
+    classes = AutoAttack._clean_logits.eval_shape(self, logits_fn, x, y, key_clean).shape[-1]
+    skipped = self.skipped(classes)
+    for name, why in skipped.items():
+      logging.warning("AutoAttack leaves out %s: %s.", name, why)
     clean_logits = np.asarray(self._clean_logits(logits_fn, x, y, key_clean))
     clean_success = np.argmax(clean_logits, axis=-1) != y
-    num_classes = clean_logits.shape[-1]
     success, x_adv, results = clean_success.copy(), x.copy(), {}
     for i, (name, (attack, n_targets)) in enumerate(self.attacks.items()):
+      if name in skipped:
+        continue
       started = time.perf_counter()
       attacked = ~success
       if n_targets is None:
@@ -145,13 +174,13 @@ class AutoAttack:
                                      jax.random.fold_in(key, i), bucket)
       else:
         broken = np.zeros_like(success)
-        for rank in range(1, min(n_targets, num_classes - 1) + 1):
+        for rank in range(1, min(n_targets, classes - 1) + 1):
           broken |= self._attack_robust(
               attack, (np.int32(rank),), logits_fn, x, y, attacked & ~broken, x_adv,
               jax.random.fold_in(jax.random.fold_in(key, i), rank), bucket)
       success |= broken
       results[name] = ComponentResult(attacked, broken, time.perf_counter() - started)
-    return AutoAttackResult(x_adv, success, clean_success, results)
+    return AutoAttackResult(x_adv, success, clean_success, results, skipped)
 
   @staticmethod
   def _attack_robust(attack, extra_args, logits_fn, x, y, robust, x_adv, key,

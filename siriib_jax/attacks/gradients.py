@@ -68,6 +68,14 @@ def bind_objective(logits_fn: Callable, loss: Loss, y: jnp.ndarray, eot_samples:
   return eot_objective
 
 
+def num_classes(logits_fn: Callable, x: jnp.ndarray, eot_samples: int = 0) -> int:
+  """K, the last dimension of `logits_fn`'s logits on x (B, H, W, C), from the static output
+  shape: `logits_fn` is traced abstractly (`jax.eval_shape`), never compiled or run. With
+  `eot_samples > 0` the model is stochastic, `logits_fn(x, key)`."""
+  args = (x, jax.random.key(0)) if eot_samples else (x,)
+  return int(jax.eval_shape(logits_fn, *args).shape[-1])
+
+
 def value_logits_and_grad(objective, x_adv: jnp.ndarray, key: jax.Array):
   """`(loss (B,), logits (B, K), ∇ₓ Σ loss (B, H, W, C))` from one forward and backward."""
   (value, logits), vjp = jax.vjp(lambda x: objective(x, key), x_adv)
