@@ -8,6 +8,8 @@ Modes:
               `python -m siriib_jax.complexity` prints the rows of the paper's Tables 3, 5.
   eval        evaluate the run's checkpoint (`config.evaluation`): robustness table and
               masking checklist in `workdir/evaluation/` (docs/evaluation.md).
+  export      write the run's checkpoint as PyTorch-named tensors (safetensors) and its
+              architecture in `workdir/export/` (siriib_jax/export.py).
   svd_study   the SVD swap study of paper §3.1 (Fig. 1-2) in `workdir/evaluation/`.
 """
 
@@ -18,19 +20,19 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from configs import default as default_config
-from siriib_jax import complexity
+from siriib_jax import complexity, export
 from siriib_jax.checkpointing import CheckpointError
 from siriib_jax.config_errors import ConfigError
 from siriib_jax.config_validation import check_known_keys
 from siriib_jax.data import DatasetNotFoundError
-from siriib_jax.evaluation import command as evaluation_command
+from siriib_jax.evaluate import MODES as EVALUATION_MODES, evaluate
 from siriib_jax.train import NonFiniteLossError, train_and_evaluate
 from siriib_jax.runtime import configure_process
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "ml_collections config file.",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and metrics.")
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "complexity", *evaluation_command.MODES],
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "complexity", "export", *EVALUATION_MODES],
                           "What to run.")
 _MULTIHOST = flags.DEFINE_bool("multihost", False,
                                "Call jax.distributed.initialize() first (TPU pods, "
@@ -51,8 +53,10 @@ def main(argv):
       return
     if not _WORKDIR.value:
       raise app.UsageError(f"--workdir is required for --mode={_MODE.value}.")
-    if _MODE.value in evaluation_command.MODES:
-      evaluation_command.run(_MODE.value, config, _WORKDIR.value)
+    if _MODE.value in EVALUATION_MODES:
+      evaluate(_MODE.value, config, _WORKDIR.value)
+    elif _MODE.value == "export":
+      export.run(config, _WORKDIR.value)
     else:
       train_and_evaluate(config, _WORKDIR.value)
   except (ConfigError, DatasetNotFoundError, CheckpointError, NonFiniteLossError) as error:

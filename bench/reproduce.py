@@ -16,7 +16,7 @@ the evaluation points are the same for every run.
 
 Reads the pixels from ../shared/data (the project's copy of CIFAR-10) and writes them as
 `npz` datasets into `--out/data`; everything else goes through the product
-(`train_and_evaluate`, `evaluation.command.run`). Results: `--out/results.json` (runs
+(`train_and_evaluate`, `evaluate.evaluate`). Results: `--out/results.json` (runs
 already there are skipped, an interrupted run resumes from its checkpoint), and a Markdown
 table of mean ± sample standard deviation over the seeds on stdout.
 """
@@ -37,7 +37,7 @@ sys.path.insert(0, str(REPO))
 
 from configs import default  # noqa: E402  pylint: disable=wrong-import-position
 from siriib_jax.data import stratified_subset  # noqa: E402
-from siriib_jax.evaluation import command  # noqa: E402
+from siriib_jax.evaluate import evaluate  # noqa: E402
 from siriib_jax.train import train_and_evaluate  # noqa: E402
 from siriib_jax.runtime import configure_process  # noqa: E402
 
@@ -95,7 +95,7 @@ def evaluate(config, workdir: pathlib.Path, attacks, subset_size: int) -> dict:
   config.evaluation.attacks = tuple(attacks)
   config.evaluation.subset_size = subset_size
   config.evaluation.checklist.large_eps = 0.0
-  report = command.run("eval", config, str(workdir))
+  report = evaluate("eval", config, str(workdir))
   kept = workdir / f"evaluation_{'_'.join(attacks)}"
   shutil.rmtree(kept, ignore_errors=True)  # From an interrupted earlier attempt.
   (workdir / "evaluation").rename(kept)

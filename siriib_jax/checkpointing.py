@@ -9,15 +9,11 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from siriib_jax.numerics import all_finite
+
 
 class CheckpointError(RuntimeError):
   """A checkpoint could not be read; it is left untouched."""
-
-
-def all_finite(tree) -> bool:
-  """True when every floating-point leaf of `tree` is finite (host check)."""
-  return all(bool(np.all(np.isfinite(np.asarray(leaf)))) for leaf in jax.tree.leaves(tree)
-             if np.issubdtype(np.asarray(leaf).dtype, np.floating))
 
 
 class Checkpoints:
@@ -77,7 +73,7 @@ class Checkpoints:
 
   def save_last(self, step: int, state) -> None:
     """Saves `state` as the latest checkpoint; refuses a non-finite state."""
-    if not all_finite(state.params):
+    if not bool(all_finite(state.params)):
       raise FloatingPointError(f"Refusing to checkpoint non-finite parameters at step {step}.")
     self.last.save(step, args=ocp.args.StandardSave(state))
 

@@ -1,5 +1,7 @@
-"""One error type for bad configuration, raised before anything is compiled."""
+"""One error type for bad configuration, raised before anything is compiled, and the
+"did you mean" hint every choice check gives."""
 
+import difflib
 from typing import Any, Iterable
 
 
@@ -13,8 +15,17 @@ def fail(key: str, value: Any, allowed: str) -> None:
                     f"Fix it in the config file or override it with --config.{key}=...")
 
 
-def check_choice(key: str, value: Any, choices: Iterable[Any]) -> None:
-  """`value` must be one of `choices`."""
+def did_you_mean(value: Any, choices: Iterable[Any]) -> str:
+  """" (did you mean 'x'?)" for the choice closest to `value`, or "" if none is close."""
+  names = [str(c) for c in choices]
+  close = difflib.get_close_matches(str(value), names, n=1)
+  return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def check_choice(key: str, value: Any, choices: Iterable[Any], extra: str = "") -> None:
+  """`value` must be one of `choices` (or of the forms `extra` describes, checked by the
+  caller); the error names the closest choice."""
   choices = list(choices)
   if value not in choices:
-    fail(key, value, f"it must be one of {choices}")
+    listed = choices + ([extra] if extra else [])
+    fail(key, value, f"it must be one of {listed}{did_you_mean(value, choices)}")

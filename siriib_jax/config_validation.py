@@ -1,4 +1,12 @@
-"""`validate_config`: every config value checked before anything is read or compiled."""
+"""The config checks that no factory owns: training keys, cross-block rules, evaluation names.
+
+Each block is checked by the factory that builds it — the model block by
+`models.create_model`, the dataset block by `data.InputPipeline`, the strategy and its
+inner attack by `strategies.get_strategy` — and `train.train_and_evaluate` and
+`evaluate.evaluate` call those factories before anything is read or compiled. What is left
+is checked here: the optimiser, schedule, loss weights, logging and checkpoint keys, rules
+that join two blocks, and the attack names of the evaluation (by a pure parser).
+"""
 
 import difflib
 
@@ -6,10 +14,7 @@ import jax
 import ml_collections
 
 from siriib_jax.config_errors import ConfigError, fail
-from siriib_jax.data import validate_dataset_config
-from siriib_jax.evaluation.suite import parse_spec
-from siriib_jax.models import validate_model_config
-from siriib_jax.strategies import validate_strategy_config
+from siriib_jax.evaluation.attack_specs import SPECIAL_NAMES, parse_spec
 
 
 def _positive_int(config, key: str, minimum: int = 1, prefix: str = "") -> None:
@@ -20,8 +25,9 @@ def _positive_int(config, key: str, minimum: int = 1, prefix: str = "") -> None:
 
 def validate_training_config(config: ml_collections.ConfigDict) -> None:
   """Checks the optimiser, schedule, logging and checkpoint keys."""
-  for key in ("num_epochs", "batch_size", "log_every_steps", "eval_every_epochs",
-              "keep_checkpoints", "eval_pgd_steps"):
+  # `batch_size` itself is checked by `data.InputPipeline`, which it sizes.
+  for key in ("num_epochs", "log_every_steps", "eval_every_epochs", "keep_checkpoints",
+              "eval_pgd_steps"):
     _positive_int(config, key)
   for key in ("checkpoint_every_steps", "final_eval_size"):
     _positive_int(config, key, minimum=0)
@@ -30,7 +36,7 @@ def validate_training_config(config: ml_collections.ConfigDict) -> None:
   if config.seed < 0:
     fail("seed", config.seed, "it must be ≥ 0")
   devices = jax.device_count()
-  if config.batch_size % devices:
+  if isinstance(config.batch_size, int) and config.batch_size % devices:
     fail("batch_size", config.batch_size,
          f"it must be divisible by the number of devices ({devices})")
   o = config.optimizer
@@ -54,18 +60,27 @@ def validate_training_config(config: ml_collections.ConfigDict) -> None:
     fail("loss.svd_eps", config.loss.svd_eps, "it must be > 0")
 
 
+def validate_cross_block_config(config: ml_collections.ConfigDict) -> None:
+  """Rules that join two blocks: the model's classes are the dataset's."""
+  if config.model.num_classes != config.dataset.num_classes:
+    fail("model.num_classes", config.model.num_classes,
+         f"it must equal config.dataset.num_classes = {config.dataset.num_classes}")
+
+
 def validate_evaluation_config(config: ml_collections.ConfigDict) -> None:
-  """Checks the attack names of `evaluation.attacks` and `final_eval_attacks`."""
+  """Checks the attack names of `evaluation.attacks` and `final_eval_attacks` (parsed, not
+  built), the evaluation batch size, and the cross-block rules."""
   for key in ("evaluation.attacks", "final_eval_attacks"):
     names = config.evaluation.attacks if key == "evaluation.attacks" else config.final_eval_attacks
     for name in names:
-      if name in ("clean", "adaptive"):
+      if name in SPECIAL_NAMES:
         continue
       try:
         parse_spec(name, config.evaluation)
       except (ValueError, KeyError) as error:
         fail(key, tuple(names), f"{name!r} is not an attack ({error}); see docs/evaluation.md")
   _positive_int(config.evaluation, "batch_size", prefix="evaluation.")
+  validate_cross_block_config(config)
 
 
 def check_known_keys(config: ml_collections.ConfigDict, reference: ml_collections.ConfigDict,
@@ -85,10 +100,10 @@ def check_known_keys(config: ml_collections.ConfigDict, reference: ml_collection
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
-  """Checks the whole config; raises `ConfigError` naming the first bad key."""
-  validate_model_config(config.model, config.dataset.image_size)
-  validate_dataset_config(config.dataset, global_batch_size=config.batch_size,
-                          model_num_classes=config.model.num_classes)
-  validate_strategy_config(config)
+  """Checks what no factory owns (see the module docstring) for a training run.
+
+  Raises:
+    ConfigError naming the first bad key, its value and what is allowed.
+  """
   validate_training_config(config)
   validate_evaluation_config(config)

@@ -97,25 +97,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     CheckpointError: an existing checkpoint in `workdir` cannot be read.
     NonFiniteLossError: the loss became NaN or Inf (the last good checkpoint is kept).
   """
+  # Every check before anything is read or compiled: what no factory owns, then each
+  # factory checks its own block (the model, the strategy, the dataset before reading it).
   validate_config(config)
+  dtype = jnp.bfloat16 if config.half_precision else jnp.float32
+  model = create_model(config.model, config.dataset.image_size, dtype)
+  strategy = get_strategy(config)
+  data = InputPipeline(config.dataset, global_batch_size=config.batch_size, seed=config.seed)
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
-  data = InputPipeline(config.dataset, global_batch_size=config.batch_size, seed=config.seed)
   steps_per_epoch = data.steps_per_epoch
   num_steps = config.num_epochs * steps_per_epoch
   if config.max_steps > 0:
     num_steps = min(num_steps, config.max_steps)
 
-  dtype = jnp.bfloat16 if config.half_precision else jnp.float32
-  model = create_model(config.model, config.dataset.image_size, dtype)
-  strategy = get_strategy(config)
   mesh = parallel.data_mesh()
   replicated = parallel.replicated(mesh)
 
   root_key = jax.random.key(config.seed)
   init_key, train_key, eval_key = jax.random.split(root_key, 3)
   init = jax.jit(lambda key: create_train_state(
-      model, config, key, data.image_shape, steps_per_epoch, data.num_train_examples),
+      model, config, key, data.image_shape, steps_per_epoch, data.num_train_examples,
+      strategy),
       out_shardings=replicated)
   abstract_state = jax.eval_shape(init, init_key)
   abstract_state = jax.tree.map(

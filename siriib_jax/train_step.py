@@ -2,12 +2,10 @@
 
 `make_train_step` returns one pure function `(state, batch, key) -> (state, metrics)` that
 holds, for one strategy and model: augmentation, the inner maximisation, the strategy's
-loss plus the SiRIIB terms (paper §4.2), AWP's weight perturbation, TE's ensemble, a guard
-against non-finite updates, and the optimiser update. `train.py` jits it once with the
-state donated and sharded (`parallel.py`).
+loss plus the SiRIIB terms (paper §4.2), the strategy's weight perturbation (AWP) and
+ensemble (TE) from `strategies.py`, a guard against non-finite updates, and the optimiser
+update. `train.py` jits it once with the state donated and sharded (`parallel.py`).
 """
-
-from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -16,41 +14,11 @@ import ml_collections
 from siriib_jax import losses
 from siriib_jax.attacks.pgd import pgd
 from siriib_jax.data import augment, to_float
+from siriib_jax.models.model_fn import logits_fn as model_logits_fn
+from siriib_jax.numerics import all_finite
+from siriib_jax.optimizer import learning_rate_schedule
 from siriib_jax.strategies import Strategy
-from siriib_jax.train_state import TrainState, learning_rate_schedule
-
-_AWP_EPS = 1e-20
-
-
-def _all_finite(tree) -> jnp.ndarray:
-  return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)]))
-
-
-def attack_logits_fn(model, variables, batch_norm: str) -> Callable:
-  """`x -> logits` for attacks: BatchNorm on batch (`train`) or running (`eval`)
-  statistics; the running statistics are never updated."""
-  if batch_norm == "train":
-    return lambda x: model.apply(variables, x, train=True, mutable=["batch_stats"])[0].logits
-  return lambda x: model.apply(variables, x, train=False).logits
-
-
-def awp_perturbation(params, grads, gamma: float):
-  """AWP's layer-wise weight perturbation `v_l = γ ‖w_l‖ g_l / ‖g_l‖` (Wu et al. 2020, §4)
-  for every kernel (ndim > 1); zero for biases and BatchNorm parameters."""
-  def perturb(w, g):
-    if w.ndim <= 1:
-      return jnp.zeros_like(w)
-    return gamma * jnp.linalg.norm(w) / (jnp.linalg.norm(g) + _AWP_EPS) * g
-  return jax.tree.map(perturb, params, grads)
-
-
-def te_weight(config: ml_collections.ConfigDict, epoch: jnp.ndarray) -> jnp.ndarray:
-  """TE's weight at `epoch`: `te_weight · exp(−5 (1 − t)²)`, t = epoch / ramp-up epochs
-  clipped to 1 (the Gaussian ramp-up of temporal ensembling); 0 in epoch 0, when no
-  prediction has been ensembled yet."""
-  rampup = config.te_rampup_epochs or max(config.num_epochs // 2, 1)
-  t = jnp.minimum(epoch / rampup, 1.0)
-  return jnp.where(epoch > 0, config.te_weight * jnp.exp(-5.0 * (1.0 - t) ** 2), 0.0)
+from siriib_jax.train_state import TrainState
 
 
 def make_train_step(model, strategy: Strategy, config: ml_collections.ConfigDict,
@@ -65,13 +33,14 @@ def make_train_step(model, strategy: Strategy, config: ml_collections.ConfigDict
   use_siriib = config.model.siriib.enabled
   schedule = learning_rate_schedule(config, steps_per_epoch)
   lambda1, lambda2 = config.loss.lambda1, config.loss.lambda2
+  ensemble = strategy.ensemble
 
   def forward(params, batch_stats, x):
     out, updates = model.apply({"params": params, "batch_stats": batch_stats}, x, train=True,
                                mutable=["batch_stats"])
     return out, updates["batch_stats"]
 
-  def objective(params, state, x, x_adv, y, te_target, te_scale, with_siriib):
+  def objective(params, state, x, x_adv, y, index, epoch, with_siriib):
     stats = state.batch_stats
     out_clean = None
     if strategy.needs_clean or with_siriib:
@@ -80,9 +49,8 @@ def make_train_step(model, strategy: Strategy, config: ml_collections.ConfigDict
     loss_ori = strategy.loss(out_adv.logits, out_clean.logits if out_clean else None, y)
     metrics = {"loss_ori": jnp.mean(loss_ori),
                "accuracy_adv": jnp.mean(jnp.argmax(out_adv.logits, -1) == y)}
-    if strategy.temporal_ensembling:
-      probs = jax.nn.softmax(out_adv.logits)
-      loss_ori = loss_ori + te_scale * jnp.mean((probs - te_target) ** 2, axis=-1)
+    if ensemble is not None:
+      loss_ori = loss_ori + ensemble.consistency(out_adv.logits, state.ensemble, index, epoch)
     if not with_siriib:
       return jnp.mean(loss_ori), (stats, out_adv.logits, metrics)
     terms = losses.siriib_terms(params, x, out_adv.x_avg, out_adv.features, out_clean.features,
@@ -95,37 +63,28 @@ def make_train_step(model, strategy: Strategy, config: ml_collections.ConfigDict
     step_key = jax.random.fold_in(key, state.step)
     augment_key, attack_key = jax.random.split(step_key)
     x = augment(augment_key, batch["image"])
-    y = batch["label"]
+    y, index = batch["label"], batch.get("index")
 
     variables = {"params": state.params, "batch_stats": state.batch_stats}
-    logits_fn = attack_logits_fn(model, variables, config.attack.batch_norm)
+    logits_fn = model_logits_fn(model, variables, config.attack.batch_norm)
     clean_logits = jax.lax.stop_gradient(logits_fn(x)) if strategy.attack_uses_clean else None
     x_adv = jax.lax.stop_gradient(strategy.attack(logits_fn, x, y, attack_key, clean_logits))
-
     epoch = state.step // steps_per_epoch
-    te_target, te_scale = None, 0.0
-    if strategy.temporal_ensembling:
-      bias_correction = 1.0 - config.te_alpha ** jnp.maximum(epoch, 1)
-      te_target = state.ensemble[batch["index"]] / bias_correction
-      te_scale = te_weight(config, epoch)
 
     params = state.params
-    if strategy.awp:
-      awp_grads, _ = jax.grad(objective, has_aux=True)(params, state, x, x_adv, y, te_target,
-                                                       te_scale, False)
-      perturbation = awp_perturbation(params, awp_grads, config.awp_gamma)
-      params = jax.tree.map(jnp.add, params, perturbation)
+    if strategy.weight_perturbation is not None:
+      awp_grads, _ = jax.grad(objective, has_aux=True)(params, state, x, x_adv, y, index,
+                                                       epoch, False)
+      params = strategy.weight_perturbation(params, awp_grads)
 
     (total, (stats, logits_adv, metrics)), grads = jax.value_and_grad(
-        objective, has_aux=True)(params, state, x, x_adv, y, te_target, te_scale, use_siriib)
+        objective, has_aux=True)(params, state, x, x_adv, y, index, epoch, use_siriib)
     new_state = state.apply_gradients(grads=grads, batch_stats=stats)
-    if strategy.temporal_ensembling:
-      index = batch["index"]
-      probs = jax.nn.softmax(logits_adv)
-      updated = config.te_alpha * state.ensemble[index] + (1 - config.te_alpha) * probs
-      new_state = new_state.replace(ensemble=state.ensemble.at[index].set(updated))
+    if ensemble is not None:
+      new_state = new_state.replace(ensemble=ensemble.update(state.ensemble, index,
+                                                             logits_adv))
 
-    finite = jnp.isfinite(total) & _all_finite(grads) & _all_finite(new_state.params)
+    finite = jnp.isfinite(total) & all_finite(grads) & all_finite(new_state.params)
     new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
     metrics.update(loss=total, finite=finite.astype(jnp.float32),
                    learning_rate=schedule(state.step))
@@ -142,8 +101,8 @@ def make_eval_step(model, config: ml_collections.ConfigDict):
   attack = pgd(a.eps, a.step_size, config.eval_pgd_steps, norm="linf", unroll=False)
 
   def eval_step(state: TrainState, batch, key):
-    variables = {"params": state.params, "batch_stats": state.batch_stats}
-    logits_fn = lambda x: model.apply(variables, x, train=False).logits
+    logits_fn = model_logits_fn(model, {"params": state.params,
+                                        "batch_stats": state.batch_stats})
     x, y, mask = to_float(batch["image"]), batch["label"], batch["mask"].astype(jnp.float32)
     clean = jnp.argmax(logits_fn(x), -1) == y
     robust = clean & ~attack(logits_fn, x, y, key).success

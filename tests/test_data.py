@@ -312,7 +312,6 @@ def test_eval_only_pipeline_reads_no_training_data():
     (dict(name="cifar10_corrupted", severity=6), dict(training=False), r"dataset\.severity"),
     (dict(name="cifar10_corrupted"), {}, r"dataset\.name.*evaluation only"),
     ({}, dict(global_batch_size=100, process_count=8), r"config\.batch_size.*8"),
-    ({}, dict(model_num_classes=100), r"model\.num_classes"),
 ])
 def test_validate_dataset_config_rejects(overrides, kwargs, pattern):
   with pytest.raises(config_errors.ConfigError, match=pattern):
@@ -320,8 +319,7 @@ def test_validate_dataset_config_rejects(overrides, kwargs, pattern):
 
 
 def test_validate_dataset_config_accepts_defaults():
-  data.validate_dataset_config(dataset_config(), global_batch_size=128, process_count=4,
-                               model_num_classes=10)
+  data.validate_dataset_config(dataset_config(), global_batch_size=128, process_count=4)
   data.validate_dataset_config(dataset_config(name="cifar10_corrupted", corruption="fog",
                                               severity=3), training=False)
 

@@ -17,9 +17,8 @@ from tests.helpers import tiny_training_config, write_npz_dataset
 from siriib_jax import train as train_lib
 from siriib_jax.data import InputPipeline
 from siriib_jax.evaluation import (TABLE4_LOSSES, Target, adaptive_pgd, evaluate_robustness,
-                                   logits_fn, loss_weights, outputs_fn, select_points,
-                                   swap_accuracies)
-from siriib_jax.models import Classifier, ModelOutput, SiRIIB
+                                   loss_weights, select_points, swap_accuracies)
+from siriib_jax.models import Classifier, ModelOutput, SiRIIB, logits_fn, outputs_fn
 from siriib_jax.models.wide_resnet import WideResNet
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -16,7 +16,8 @@ from siriib_jax.checkpointing import Checkpoints, load_variables
 from siriib_jax.data import InputPipeline
 from siriib_jax.models import create_model
 from siriib_jax.strategies import STRATEGY_NAMES
-from siriib_jax.train_state import create_train_state, make_optimizer
+from siriib_jax.optimizer import make_optimizer
+from siriib_jax.train_state import create_train_state
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -7,6 +7,7 @@ from typing import Optional
 import ml_collections
 
 from siriib_jax import config_errors
+from siriib_jax.registry import Registry
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,14 +27,14 @@ class DatasetSpec:
   trainable: bool = True
 
 
-DATASETS = {
+DATASETS = Registry("dataset.name", {
     "cifar10": DatasetSpec(32, 10),
     "cifar100": DatasetSpec(32, 100),
     "cifar10_corrupted": DatasetSpec(32, 10, trainable=False),
     "tiny_imagenet": DatasetSpec(64, 200, test_split="validation"),
     "cifar10_sample": DatasetSpec(32, 10),
     "npz": DatasetSpec(None, None),
-}
+})
 TFDS_NAMES = ("cifar10", "cifar100", "cifar10_corrupted", "tiny_imagenet")
 SEVERITIES = (1, 2, 3, 4, 5)
 
@@ -54,7 +55,6 @@ def validate_dataset_config(dataset: ml_collections.ConfigDict, *,
                             global_batch_size: Optional[int] = None,
                             batch_size_key: str = "batch_size",
                             process_count: Optional[int] = None,
-                            model_num_classes: Optional[int] = None,
                             training: bool = True) -> None:
   """Checks `config.dataset` cheaply, before any data is read or code compiled.
 
@@ -63,14 +63,12 @@ def validate_dataset_config(dataset: ml_collections.ConfigDict, *,
     global_batch_size: the training batch over all hosts, if it should be checked.
     batch_size_key: the config key of `global_batch_size`, for the error message.
     process_count: number of hosts; defaults to `jax.process_count()`.
-    model_num_classes: `config.model.num_classes`, if it should be checked.
     training: whether the dataset will be trained on (not only evaluated).
 
   Raises:
     ConfigError: naming the first bad key, its value and what is allowed.
   """
-  config_errors.check_choice("dataset.name", dataset.name, DATASETS)
-  spec = DATASETS[dataset.name]
+  spec = DATASETS.lookup(dataset.name)
   for key in ("image_size", "num_classes"):
     value = dataset[key]
     if not isinstance(value, int) or value <= 0:
@@ -78,9 +76,6 @@ def validate_dataset_config(dataset: ml_collections.ConfigDict, *,
     if getattr(spec, key) not in (None, value):
       config_errors.fail(f"dataset.{key}", value,
                          f"dataset {dataset.name!r} has {key} {getattr(spec, key)}")
-  if model_num_classes is not None and model_num_classes != dataset.num_classes:
-    config_errors.fail("model.num_classes", model_num_classes,
-                       f"it must equal config.dataset.num_classes = {dataset.num_classes}")
   if training and not spec.trainable:
     config_errors.fail("dataset.name", dataset.name,
                        "it is for evaluation only; train on "

@@ -44,7 +44,7 @@ def loss_label(loss: str) -> str:
 
 class Target(NamedTuple):
   """What an adaptive attack runs on: `outputs_fn` maps images in [0, 1] to the model's
-  `ModelOutput` (e.g. `suite.outputs_fn`); `weights` (3,) float32 weigh `TERMS`. Both are
+  `ModelOutput` (e.g. `models.model_fn.outputs_fn`); `weights` (3,) float32 weigh `TERMS`. Both are
   traced, so every loss of Table 4 shares one compiled attack."""
   outputs_fn: Callable
   weights: jnp.ndarray

@@ -28,7 +28,7 @@ alone move a few points.
 import dataclasses
 from typing import Optional
 
-from siriib_jax.evaluation.suite import WHITE_BOX_FAMILIES
+from siriib_jax.attacks.registry import WHITE_BOX_FAMILIES
 
 
 @dataclasses.dataclass

@@ -16,9 +16,9 @@ from siriib_jax.data import InputPipeline
 from siriib_jax.evaluation import adaptive as adaptive_lib
 from siriib_jax.evaluation.checklist import run_checklist
 from siriib_jax.evaluation.report import Report, Row, to_markdown, write_report
-from siriib_jax.evaluation.runner import attack_key, predict, run_attack, select_points
-from siriib_jax.evaluation.suite import (AttackSpec, build_attack, logits_fn, outputs_fn,
-                                         parse_spec)
+from siriib_jax.evaluation.batching import attack_key, predict, run_attack, select_points
+from siriib_jax.evaluation.attack_specs import AttackSpec, build_attack, parse_spec
+from siriib_jax.models.model_fn import logits_fn, outputs_fn
 
 Points = Union[InputPipeline, tuple[np.ndarray, np.ndarray]]
 
@@ -84,7 +84,7 @@ def evaluate_robustness(model, variables, config: ml_collections.ConfigDict, dat
     variables: its variables (`{'params', 'batch_stats'}`).
     config: the experiment config; reads `config.evaluation`.
     data: an `InputPipeline` (its test split) or `(images (N, H, W, C), labels (N,))`.
-    attacks: names (see `suite`; `clean`, `adaptive`), default `evaluation.attacks`.
+    attacks: names (see `attack_specs`; `clean`, `adaptive`), default `evaluation.attacks`.
     subset_size: for an `InputPipeline`, overrides `evaluation.subset_size` (0 = all).
     directory: if given, `robustness.json` / `.md` are written there and the table printed.
     meta: extra entries for the report's `meta` (e.g. checkpoint and step).

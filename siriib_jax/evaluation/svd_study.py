@@ -22,8 +22,9 @@ import ml_collections
 import numpy as np
 
 from siriib_jax.evaluation.robustness import Points, load_points
-from siriib_jax.evaluation.runner import attack_key, batches, predict, run_attack
-from siriib_jax.evaluation.suite import build_attack, logits_fn, parse_spec
+from siriib_jax.evaluation.batching import attack_key, batches, predict, run_attack
+from siriib_jax.evaluation.attack_specs import build_attack, parse_spec
+from siriib_jax.models.model_fn import logits_fn
 from siriib_jax.svd import swap_singular_values
 
 matplotlib.use("Agg")

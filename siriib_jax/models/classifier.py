@@ -1,6 +1,6 @@
-"""A backbone with optional SiRIIB, normalisation inside, and the registry by name."""
+"""The classifier: a backbone with optional SiRIIB and normalisation inside, and
+`create_model`, the factory that checks the `model` block and builds it."""
 
-import functools
 from typing import Any, Optional, Sequence
 
 import flax
@@ -9,16 +9,8 @@ import jax.numpy as jnp
 import ml_collections
 
 from siriib_jax.config_errors import ConfigError, check_choice, fail
-from siriib_jax.models.resnet import ResNet18
-from siriib_jax.models.siriib import EXTRACTOR_VARIANTS, SiRIIB
-from siriib_jax.models.wide_resnet import WideResNet
-
-BACKBONES = {
-    "resnet18": functools.partial(ResNet18, preact=False),
-    "preact_resnet18": functools.partial(ResNet18, preact=True),
-    "wrn28_10": functools.partial(WideResNet, depth=28, widen_factor=10),
-    "wrn34_10": functools.partial(WideResNet, depth=34, widen_factor=10),
-}
+from siriib_jax.models.backbones import BACKBONES
+from siriib_jax.models.siriib import EXTRACTOR_VARIANTS, ORTHOGONALITY_MODES, SiRIIB
 
 
 @flax.struct.dataclass
@@ -57,13 +49,9 @@ class Classifier(nn.Module):
     return ModelOutput(logits, x_avg, features)
 
 
-def validate_model_config(config: ml_collections.ConfigDict, image_size: int) -> None:
-  """Checks `config` (the `model` block) for images of `image_size`², before any compile.
-
-  Raises:
-    ConfigError naming the key, the value and the allowed values.
-  """
-  check_choice("model.name", config.name, BACKBONES)
+def _validate_model_config(config: ml_collections.ConfigDict, image_size: int) -> None:
+  """`create_model`'s check of the `model` block; raises `ConfigError`."""
+  BACKBONES.lookup(config.name)
   if not isinstance(config.num_classes, int) or config.num_classes < 2:
     fail("model.num_classes", config.num_classes, "it must be an integer ≥ 2")
   if not config.width_multiplier > 0:
@@ -82,6 +70,7 @@ def validate_model_config(config: ml_collections.ConfigDict, image_size: int) ->
     fail("model.siriib.num_skips", s.num_skips, "it must be 1, 2 or 3 (the paper finds 4 or "
          "more do not converge, §5.2)")
   check_choice("model.siriib.variant", s.variant, EXTRACTOR_VARIANTS)
+  check_choice("model.siriib.orthogonality", s.orthogonality, ORTHOGONALITY_MODES)
   scales = tuple(s.scales)
   if not scales or any(not isinstance(v, int) or not 1 <= v <= image_size for v in scales):
     fail("model.siriib.scales", scales,
@@ -94,16 +83,19 @@ def validate_model_config(config: ml_collections.ConfigDict, image_size: int) ->
 
 def create_model(config: ml_collections.ConfigDict, image_size: int,
                  dtype: Any = jnp.float32) -> Classifier:
-  """Builds the classifier that `config` (the `model` block) names; `dtype` is the
-  backbone's compute dtype (parameters stay float32).
+  """Checks `config` (the `model` block) for images of `image_size`² and builds the
+  classifier it names, before anything is compiled.
 
-  The SiRIIB branch computes in float32 whatever `dtype`: with it in bf16, PGD-AT of
-  ResNet-18-SR (the paper's λ1, λ2 and learning rate; random data) ended its first epoch
-  with an Inf loss on a GPU, and on the CPU R_τ spiked to 2e9 at step 18 where it grew
-  smoothly with the branch in float32 (BENCHMARKS.md §3c; R_τ spikes also occur in float32,
-  less often). The branch is about a quarter of the model's MACs; keeping it in float32
-  cost about 15 % of the bf16 SR step on an H200."""
-  validate_model_config(config, image_size)
+  Args:
+    config: `config.model` (keys documented in `configs/default.py`).
+    image_size: height = width of the input images.
+    dtype: the backbone's compute dtype (parameters stay float32). The SiRIIB branch
+      computes in float32 whatever `dtype` (in bf16 its losses diverged; BENCHMARKS.md §3c).
+
+  Raises:
+    ConfigError naming the first bad key, its value and the allowed values.
+  """
+  _validate_model_config(config, image_size)
   backbone = BACKBONES[config.name](num_classes=config.num_classes,
                                     width_multiplier=config.width_multiplier, dtype=dtype)
   siriib = None
@@ -115,5 +107,6 @@ def create_model(config: ml_collections.ConfigDict, image_size: int,
     s = config.siriib
     siriib = SiRIIB(scales=tuple(s.scales), num_skips=s.num_skips, variant=s.variant,
                     orth_channels=s.orth_channels, fft_eps=s.fft_eps,
-                    width_multiplier=config.width_multiplier, dtype=jnp.float32)
+                    width_multiplier=config.width_multiplier, dtype=jnp.float32,
+                    orthogonality=s.orthogonality)
   return Classifier(backbone, siriib, tuple(config.mean), tuple(config.std))

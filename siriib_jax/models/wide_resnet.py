@@ -10,7 +10,7 @@ from typing import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from siriib_jax.models.backbone import SkipTarget, add_skip, scaled_widths
+from siriib_jax.models.skip_targets import SkipTarget, add_skip, scaled_widths
 from siriib_jax.models.layers import Conv3x3, batch_norm
 from siriib_jax.models.resnet import PreActBlock
 

@@ -1,0 +1,58 @@
+"""The model as a function of the image: the one wrapper that training's inner attack,
+validation and evaluation hand to attacks (`logits_fn`) and to the adaptive attacks and
+studies (`outputs_fn`)."""
+
+import dataclasses
+
+import flax.linen as nn
+import jax
+
+BATCH_NORM_MODES = ("eval", "train")
+
+
+def _logits(output) -> jax.Array:
+  return getattr(output, "logits", output)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelFn:
+  """`(variables, x (B, H, W, C) in [0, 1]) -> logits (B, K) float32`, or the model's whole
+  output with `outputs=True`.
+
+  Hashable (by the module), so that `jax.tree_util.Partial(ModelFn(model), variables)` is a
+  jit argument with the variables as traced leaves.
+
+  Attributes:
+    model: a Flax module with `apply(variables, x, train=...)` returning logits or a
+      `ModelOutput`.
+    outputs: return the whole output instead of the logits.
+    batch_norm: "eval" normalises with the running statistics; "train" with the batch's
+      own (as training's inner attack may); the running statistics are never updated.
+  """
+  model: nn.Module
+  outputs: bool = False
+  batch_norm: str = "eval"
+
+  def __call__(self, variables, x):
+    if self.batch_norm == "train":
+      output = self.model.apply(variables, x, train=True, mutable=["batch_stats"])[0]
+    else:
+      output = self.model.apply(variables, x, train=False)
+    return output if self.outputs else _logits(output).astype("float32")
+
+
+def logits_fn(model: nn.Module, variables, batch_norm: str = "eval") -> jax.tree_util.Partial:
+  """`x (B, H, W, C) -> logits (B, K)` with `variables` as pytree leaves (a jit argument
+  that does not recompile per parameters); `batch_norm` as in `ModelFn`.
+
+  Raises:
+    ValueError: `batch_norm` is not one of `BATCH_NORM_MODES`.
+  """
+  if batch_norm not in BATCH_NORM_MODES:
+    raise ValueError(f"batch_norm must be one of {BATCH_NORM_MODES}, got {batch_norm!r}")
+  return jax.tree_util.Partial(ModelFn(model, batch_norm=batch_norm), variables)
+
+
+def outputs_fn(model: nn.Module, variables) -> jax.tree_util.Partial:
+  """`x -> ModelOutput` (logits, x_avg, features), as `logits_fn` with running statistics."""
+  return jax.tree_util.Partial(ModelFn(model, outputs=True), variables)

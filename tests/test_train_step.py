@@ -1,0 +1,115 @@
+"""train_step: the fused step's guard, determinism, the strategies' hooks and validation."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from siriib_jax.models import ModelOutput
+from siriib_jax.strategies import get_strategy
+from siriib_jax.train_state import create_train_state
+from siriib_jax.train_step import make_eval_step, make_train_step
+
+NUM_CLASSES = 4
+IMAGE = (8, 8, 3)
+
+
+class Tiny(nn.Module):
+  """BatchNorm then a dense layer on 8×8×3 images: a `ModelOutput` without SiRIIB."""
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    h = nn.BatchNorm(use_running_average=not train)(x.reshape(x.shape[0], -1))
+    return ModelOutput(nn.Dense(NUM_CLASSES)(h))
+
+
+def _setup(config, strategy="pgd_at"):
+  config.strategy = strategy
+  config.model.siriib.enabled = False
+  config.model.num_classes = NUM_CLASSES
+  config.attack.steps = 2
+  config.attack.unroll = False
+  model = Tiny()
+  strategy = get_strategy(config)
+  state = create_train_state(model, config, jax.random.key(0), IMAGE, steps_per_epoch=2,
+                             num_train_examples=8, strategy=strategy)
+  step = jax.jit(make_train_step(model, strategy, config, steps_per_epoch=2))
+  rng = np.random.default_rng(0)
+  batch = {"image": jnp.asarray(rng.integers(0, 256, (4, *IMAGE), dtype=np.uint8)),
+           "label": jnp.arange(4) % NUM_CLASSES, "index": jnp.array([0, 2, 4, 6])}
+  return model, state, step, batch
+
+
+def test_the_step_updates_parameters_and_statistics_and_is_deterministic(config):
+  _, state, step, batch = _setup(config)
+  first, metrics = step(state, batch, jax.random.key(1))
+  again, _ = step(state, batch, jax.random.key(1))
+  assert float(metrics["finite"]) == 1.0 and int(first.step) == 1
+  for a, b in zip(jax.tree.leaves(first.params), jax.tree.leaves(state.params)):
+    assert not np.allclose(a, b)
+  assert not np.allclose(first.batch_stats["BatchNorm_0"]["mean"],
+                         state.batch_stats["BatchNorm_0"]["mean"])
+  for a, b in zip(jax.tree.leaves(first), jax.tree.leaves(again)):
+    np.testing.assert_array_equal(a, b)
+  np.testing.assert_allclose(metrics["learning_rate"], config.optimizer.learning_rate)
+
+
+def test_a_non_finite_loss_skips_the_update_and_reports_it(config):
+  _, state, step, batch = _setup(config)
+  bad = state.replace(params=jax.tree.map(lambda p: p.at[(0,) * p.ndim].set(jnp.nan),
+                                          state.params))
+  after, metrics = step(bad, batch, jax.random.key(1))
+  assert float(metrics["finite"]) == 0.0
+  for a, b in zip(jax.tree.leaves(after), jax.tree.leaves(bad)):
+    np.testing.assert_array_equal(a, b)  # NaN positions compare equal here.
+
+
+def test_te_updates_only_the_batchs_rows_of_the_ensemble(config):
+  _, state, step, batch = _setup(config, "te")
+  assert state.ensemble.shape == (8, NUM_CLASSES)
+  after, _ = step(state, batch, jax.random.key(1))
+  rows = np.asarray(after.ensemble)
+  assert np.all(rows[[0, 2, 4, 6]].sum(axis=1) > 0)
+  np.testing.assert_allclose(rows[[0, 2, 4, 6]].sum(axis=1), 1 - config.te_alpha, rtol=1e-5)
+  np.testing.assert_array_equal(rows[[1, 3, 5, 7]], 0.0)
+
+
+def test_awp_changes_the_update(config):
+  _, state, plain_step, batch = _setup(config, "pgd_at")
+  _, _, awp_step, _ = _setup(config, "awp_pgd_at")
+  plain, _ = plain_step(state, batch, jax.random.key(1))
+  awp, metrics = awp_step(state, batch, jax.random.key(1))
+  assert float(metrics["finite"]) == 1.0
+  kernel = lambda s: s.params["Dense_0"]["kernel"]
+  assert not np.allclose(kernel(plain), kernel(awp))
+  # The perturbation is small (γ = 5e-3 of each kernel), so is the difference.
+  change = np.linalg.norm(kernel(plain) - kernel(state))
+  assert np.linalg.norm(kernel(plain) - kernel(awp)) < change
+
+
+@pytest.mark.parametrize("batch_norm", ["train", "eval"])
+def test_the_inner_attack_never_updates_running_statistics(config, batch_norm):
+  config.attack.batch_norm = batch_norm
+  _, state, _, batch = _setup(config)
+  model, strategy = Tiny(), get_strategy(config)
+
+  def run(attack_calls_the_model: bool):
+    def attack(logits_fn, x, y, key, clean_logits):
+      if attack_calls_the_model:
+        return x + 0.0 * logits_fn(x + 0.5).sum()  # A forward pass on other inputs.
+      return x
+    step = make_train_step(model, strategy.__class__(attack, strategy.loss), config, 2)
+    return jax.jit(step)(state, batch, jax.random.key(1))[0].batch_stats
+
+  for a, b in zip(jax.tree.leaves(run(True)), jax.tree.leaves(run(False))):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_validation_counts_clean_and_robust_examples_over_the_mask(config):
+  model, state, _, batch = _setup(config)
+  eval_step = jax.jit(make_eval_step(model, config))
+  batch = dict(batch, mask=jnp.array([1, 1, 1, 0]))
+  counts = jax.device_get(eval_step(state, batch, jax.random.key(2)))
+  assert counts["count"] == 3
+  assert 0 <= counts["pgd"] <= counts["clean"] <= 3
