@@ -1,16 +1,13 @@
 """The XLA CPU option siriib_jax runs with: convolutions on XLA's multi-threaded Eigen path.
 
 jax 0.10's CPU backend hands convolutions to YNNPACK "fusions" by default, and in this
-build those run on one thread: on the 2-core machine of BENCHMARKS.md a 3×3 convolution +
-tanh (batch 128, 32 → 32 channels at 32×32) takes the same time pinned to one core as on
-two, 51–54 ms, and 21–24 ms on XLA's Eigen path, which uses both. The debug option
+build those run on one thread (measurements: BENCHMARKS.md §4). The debug option
 `xla_cpu_experimental_ynn_fusion_type`, set empty, turns the YNNPACK fusions off. It is an
-option of XLA's CPU compiler; a GPU build (jax 0.11.2, CUDA 13) accepts it, and its effect on
-GPU and TPU timing was not measured.
+option of XLA's CPU compiler; a GPU build accepts it.
 
 XLA reads `XLA_FLAGS` once, when JAX initialises its backends (the first computation or
-device query of the process), so `use_eigen_convolutions` must run before that; `main.py`
-calls it first thing. A value the user already set for the option in `XLA_FLAGS` is kept.
+device query of the process), so `use_eigen_convolutions` must run before that;
+`runtime.configure_process` (called first thing by `main.py`) calls it. A value the user already set for the option in `XLA_FLAGS` is kept.
 """
 
 import os

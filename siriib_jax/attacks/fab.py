@@ -44,10 +44,9 @@ def hyperplane_box_step(p: jnp.ndarray, w: jnp.ndarray, r: jnp.ndarray, norm: st
   τ with knees where coordinates saturate. `bisections` halvings of [0, largest knee] bracket
   τ; on the linear piece right of the bracket's lower end τ is then solved exactly (the
   bracket, 2⁻⁴⁰ of the largest knee, is below float32 resolution, so this is the exact
-  solution up to rounding). The reference sorts the knees; on XLA:CPU this function took
-  126 ms with a sort and 6.6 ms with the bisection for 126 × 3,072 (L∞; both agree to 1e-5,
-  `/tmp` probe, session 6). When the hyperplane does not meet the box, d goes to the box
-  corner closest to it.
+  solution up to rounding). The reference sorts the knees; the bisection is the faster
+  route on XLA:CPU (BENCHMARKS.md §4). When the hyperplane does not meet the box, d goes to
+  the box corner closest to it.
 
   Args:
     p: (B, n) points in [0, 1].

@@ -130,11 +130,8 @@ def loop_unroll(unroll: Union[None, bool, int], steps: int) -> Union[bool, int]:
   """The `unroll` argument for `lax.fori_loop` over an attack's `steps`.
 
   On XLA's CPU backend a convolution inside a rolled loop runs several times slower than
-  unrolled (jax-ml/jax#12868), but unrolling long loops costs compile time. Measured here
-  (2 shared CPU cores, PGD on a 2-conv net, 32×32×3, batch 32, one attack call):
-  10 steps: rolled 450–770 ms, unrolled 120–130 ms (compile ≈ 3 s either way); 100 steps:
-  rolled 2.7 s (compile 6 s), unrolled 2.5 s but compile 43 s, `unroll=10` 3–4.5 s.
-  Hence `None` (the default) unrolls fully up to `MAX_AUTO_UNROLL` steps (the inner loop of
+  unrolled (jax-ml/jax#12868), but unrolling long loops costs compile time (measurements:
+  BENCHMARKS.md §4). Hence `None` (the default) unrolls fully up to `MAX_AUTO_UNROLL` steps (the inner loop of
   adversarial training) and keeps longer loops rolled (evaluation). On GPU/TPU the choice
   matters little. An explicit bool or int is passed through.
   """

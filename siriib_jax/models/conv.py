@@ -1,37 +1,28 @@
 """A drop-in `lax.conv_general_dilated` whose gradients run fast on XLA's CPU backend.
 
-On XLA's CPU backend the kernel gradient of a convolution ("backprop filter") runs as a
-convolution whose window is the whole feature map, which is many times slower than the
-forward pass for large maps: measured here (2 AVX-512 cores, batch 32, 3×3, 64 → 64
-channels at 32×32) 1.14 s against 0.065 s forward and 0.124 s in PyTorch. Written as
-`Σ_{kh, kw} patch(kh, kw)ᵀ · ∂y` — one (B·H'·W', C_in)ᵀ × (B·H'·W', C_out) product per
-kernel tap — the same gradient costs about as much as the forward pass. That slow kernel
-gradient is YNNPACK's, XLA:CPU's default. With `xla_cpu.use_eigen_convolutions`, as
-`main.py` runs, XLA's own kernel gradient is the faster one (batch 128, 3×3, forward +
-kernel gradient at 32×32, 64 → 64: 193–287 ms against 379 ms for the per-tap form; at
-16×16, 128 → 128: 157 ms against 254 ms) and needs no shifted copies of the input, so the
-backward pass takes XLA's kernel gradient when `XLA_FLAGS` sets that option
+Kernel gradient. XLA:CPU's default (YNNPACK) computes the kernel gradient ("backprop
+filter") as a convolution whose window is the whole feature map, many times slower than the
+forward pass on large maps. Written as `Σ_{kh, kw} patch(kh, kw)ᵀ · ∂y` — one
+(B·H'·W', C_in)ᵀ × (B·H'·W', C_out) product per kernel tap — it costs about a forward pass.
+With `xla_cpu.use_eigen_convolutions` (as `main.py` runs), XLA's own kernel gradient is the
+faster one, so the backward pass takes it when `XLA_FLAGS` sets that option
 (`xla_cpu.eigen_convolutions_enabled`, read when the step is traced) and the per-tap form
-otherwise, which keeps a library user without the option from being 13× slower.
+otherwise.
 
-The input gradient is written out as a plain NHWC/HWIO convolution of the (stride-dilated)
-output gradient with the kernel flipped in space and transposed in its channels. That is
-the convolution JAX's own transpose rule describes, but JAX leaves the flip as a `rev` and
-the transpose in the dimension numbers, and inside a rolled `lax.fori_loop`/`while` XLA's
-CPU backend then runs it many times slower: measured here (2 AVX-512 cores, batch 128,
-3×3, 32 → 32 channels at 32×32, 10 loop steps) 6.6–6.7 s rolled against 0.23–0.55 s
-unrolled, while the explicit form takes the same time rolled or not. Gradient attacks
-whose loops stay rolled (APGD and FAB: 100 steps and more) depend on this.
+Input gradient. Written out as a plain NHWC/HWIO convolution of the (stride-dilated) output
+gradient with the kernel flipped in space and transposed in its channels: the convolution
+JAX's transpose rule describes, without the `rev` and transposed dimension numbers that
+XLA's CPU backend runs many times slower inside a rolled `lax.fori_loop`/`while` (APGD and
+FAB keep their 100+ steps rolled).
 
 `conv_general_dilated` takes this path when JAX's default backend is the CPU, for NHWC/HWIO
 convolutions without dilation or feature groups and with explicit non-negative or VALID
 padding (every convolution of the package's models); anything else — and every convolution
-on GPU and TPU — goes to `lax.conv_general_dilated` unchanged. On a GPU XLA's own gradients
-(cuDNN's) are the better ones: measured on an H200 (bf16 PGD-10 step, batch 128) 23.0 ms
-against 23.6 ms for ResNet-18 and 48.8 against 51.0 ms for ResNet-18-SR, with 26 % and 53 %
-less XLA buffer memory (BENCHMARKS.md §3). The forward
-pass is XLA's own, so values are identical and gradients equal up to the order of
-floating-point summation. Pass it to `flax.linen.Conv(conv_general_dilated=…)`.
+on GPU and TPU, where XLA's own (cuDNN's) gradients are the better ones — goes to
+`lax.conv_general_dilated` unchanged. The forward pass is XLA's own, so values are
+identical and gradients equal up to the order of floating-point summation. Pass it to
+`flax.linen.Conv(conv_general_dilated=…)`. Measurements behind these choices:
+BENCHMARKS.md §4.
 """
 
 import functools
