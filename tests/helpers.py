@@ -6,7 +6,13 @@ Fixtures live in `conftest.py`; plain functions live here and are imported as
 
 import os
 
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
 from configs import default
+from siriib_jax.models import ModelOutput, logits_fn
 
 
 def tiny_training_config(data_dir: str):
@@ -82,3 +88,46 @@ def linear_problem(classes: int, norm: str, n: int, shape=(4, 4, 3), seed: int =
   keep = np.flatnonzero(np.abs(critical / eps - 1) > band)[:n]
   assert len(keep) == n and (norm == "linf" or eps <= 0.3), (len(keep), eps)
   return w, b, x[keep], y[keep], eps, critical[keep]
+
+
+# Small models for the evaluation tests.
+
+class LinearClassifier(nn.Module):
+  """A linear classifier on 8×8×3 images; `quantise` puts `round(4x) / 4` in front, whose
+  gradient is zero almost everywhere (masked gradients, Athalye et al. 2018)."""
+  quantise: bool = False
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    del train
+    if self.quantise:
+      x = jnp.round(x * 4) / 4
+    return nn.Dense(10)(x.reshape(x.shape[0], -1))
+
+
+def self_labelled_points(model, n=32, seed=0):
+  """Images in (0.2, 0.8) labelled with the model's own predictions (clean accuracy 1)."""
+  x = np.random.default_rng(seed).uniform(0.2, 0.8, (n, 8, 8, 3)).astype(np.float32)
+  variables = model.init(jax.random.key(seed), x[:1])
+  return variables, x, np.asarray(jnp.argmax(logits_fn(model, variables)(x), -1))
+
+
+def fast_evaluation(config):
+  """`config` with a small evaluation: batch 32, Square 100 queries, PGD-10 for large ε."""
+  e = config.evaluation
+  e.batch_size, e.square_queries = 32, 100
+  e.checklist.large_eps_attack = "pgd10"
+  return config
+
+
+class SiriibLike(nn.Module):
+  """The outputs of a SiRIIB classifier at a fraction of its compile time: `x_avg` =
+  sigmoid(conv(x)), one skip feature `f = conv(x_avg)`, logits from x and f."""
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    del train
+    x_avg = nn.sigmoid(nn.Conv(3, (3, 3))(x))
+    feature = nn.Conv(4, (3, 3))(x_avg)
+    hidden = jnp.concatenate([x, feature], axis=-1).reshape(x.shape[0], -1)
+    return ModelOutput(nn.Dense(10)(hidden), x_avg, (feature,))
