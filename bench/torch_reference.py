@@ -9,7 +9,11 @@ on the model's device (CPU or CUDA), optionally under bf16 autocast with the FFT
 float32, as siriib_jax's `half_precision`.
 
 Module names follow the Flax parameter tree, so `load_flax_variables` copies a siriib_jax
-model's variables into the PyTorch one (NHWC kernels → NCHW) for identical-weight checks.
+model's variables into the PyTorch one (NHWC kernels → NCHW) for identical-weight checks,
+and the state dict of `build_model(architecture)` is exactly what `main.py --mode=export`
+writes (siriib_jax/export.py; checked by bench/export_check.py). Every backbone of
+siriib_jax (ResNet-18, PreAct-ResNet-18, WRN-28-10, WRN-34-10, any width multiplier) and
+SiRIIB's variants (base, L, XL) are here.
 
     python bench/torch_reference.py          # parameter counts, and logits vs siriib_jax
 
@@ -35,6 +39,11 @@ def _conv3x3(cin: int, cout: int, stride: int = 1, bias: bool = False) -> nn.Con
   return nn.Conv2d(cin, cout, 3, stride, 1, bias=bias)
 
 
+def scaled_widths(widths: Sequence[int], multiplier: float) -> tuple:
+  """Channel counts times a width multiplier, rounded, at least 1 each (as siriib_jax)."""
+  return tuple(max(1, round(w * multiplier)) for w in widths)
+
+
 class BasicBlock(nn.Module):
   """conv-BN-ReLU-conv-BN plus a (projected) shortcut, then ReLU."""
 
@@ -57,35 +66,111 @@ class BasicBlock(nn.Module):
     return F.relu(x + y)
 
 
-class ResNet18(nn.Module):
-  """CIFAR ResNet-18 on normalised NCHW images; `skips[i]` is added to the stem conv
-  output (before its BN), stage 1's and stage 2's outputs."""
+class PreActBlock(nn.Module):
+  """BN-ReLU-conv-BN-ReLU-conv; the shortcut projects the pre-activated input when the
+  shape changes (names as the Flax `PreActBlock`)."""
 
-  widths = (64, 128, 256, 512)
-  strides = (1, 2, 2, 2)
-  skip_targets = ((64, 1), (64, 1), (128, 2))  # (channels, stride)
-
-  def __init__(self, num_classes: int = 10):
+  def __init__(self, cin: int, cout: int, stride: int):
     super().__init__()
-    self.stem_conv = _conv3x3(3, 64)
-    self.stem_bn = _bn(64)
-    cin = 64
+    self.BatchNorm_0 = _bn(cin)
+    self.Conv_0 = _conv3x3(cin, cout, stride)
+    self.BatchNorm_1 = _bn(cout)
+    self.Conv_1 = _conv3x3(cout, cout)
+    self.project = stride != 1 or cin != cout
+    if self.project:
+      self.shortcut_conv = nn.Conv2d(cin, cout, 1, stride, bias=False)
+
+  def forward(self, x):
+    a = F.relu(self.BatchNorm_0(x))
+    if self.project:
+      x = self.shortcut_conv(a)
+    y = F.relu(self.BatchNorm_1(self.Conv_0(a)))
+    return x + self.Conv_1(y)
+
+
+class ResNet18(nn.Module):
+  """CIFAR ResNet-18 (`preact=True`: PreAct-ResNet-18) on normalised NCHW images;
+  `skips[i]` is added to the stem conv output (before its BN), stage 1's and stage 2's
+  outputs. Channel counts are (64, 128, 256, 512) × `width_multiplier`."""
+
+  strides = (1, 2, 2, 2)
+
+  def __init__(self, num_classes: int = 10, width_multiplier: float = 1.0,
+               preact: bool = False):
+    super().__init__()
+    self.widths = scaled_widths((64, 128, 256, 512), width_multiplier)
+    self.preact = preact
+    w = self.widths
+    self.skip_targets = ((w[0], 1), (w[0], 1), (w[1], 2))  # (channels, stride)
+    self.stem_conv = _conv3x3(3, w[0])
+    if not preact:
+      self.stem_bn = _bn(w[0])
+    block = PreActBlock if preact else BasicBlock
+    cin = w[0]
     for s, (width, stride) in enumerate(zip(self.widths, self.strides)):
       for i in range(2):
-        setattr(self, f"stage{s + 1}_block{i}", BasicBlock(cin, width, stride if i == 0 else 1))
+        setattr(self, f"stage{s + 1}_block{i}", block(cin, width, stride if i == 0 else 1))
         cin = width
-    self.head = nn.Linear(512, num_classes)
+    if preact:
+      self.final_bn = _bn(cin)
+    self.head = nn.Linear(cin, num_classes)
 
   def forward(self, x, skips: Sequence[torch.Tensor] = ()):
     x = self.stem_conv(x)
     if skips:
       x = x + skips[0]
-    x = F.relu(self.stem_bn(x))
+    if not self.preact:
+      x = F.relu(self.stem_bn(x))
     for s in range(4):
       x = getattr(self, f"stage{s + 1}_block1")(getattr(self, f"stage{s + 1}_block0")(x))
       if s < 2 and len(skips) > s + 1:
         x = x + skips[s + 1]
+    if self.preact:
+      x = F.relu(self.final_bn(x))
     return self.head(x.mean(dim=(2, 3)))
+
+
+class WideResNet(nn.Module):
+  """WRN-depth-k, CIFAR layout: 3×3 stem to 16 channels, three stages of (depth − 4) / 6
+  pre-activation blocks of (16k, 32k, 64k) × `width_multiplier` channels (strides 1, 2,
+  2), BN-ReLU, pooling, dense. Skip targets: stem (16, 1), stage 1 (16k, 1), stage 2 (32k,
+  2)."""
+
+  def __init__(self, depth: int = 28, widen_factor: int = 10, num_classes: int = 10,
+               width_multiplier: float = 1.0):
+    super().__init__()
+    self.widths = scaled_widths((16, 32, 64), widen_factor * width_multiplier)
+    self.blocks = (depth - 4) // 6
+    self.skip_targets = ((16, 1), (self.widths[0], 1), (self.widths[1], 2))
+    self.stem_conv = _conv3x3(3, 16)
+    cin = 16
+    for s, (width, stride) in enumerate(zip(self.widths, (1, 2, 2))):
+      for i in range(self.blocks):
+        setattr(self, f"stage{s + 1}_block{i}",
+                PreActBlock(cin, width, stride if i == 0 else 1))
+        cin = width
+    self.final_bn = _bn(cin)
+    self.head = nn.Linear(cin, num_classes)
+
+  def forward(self, x, skips: Sequence[torch.Tensor] = ()):
+    x = self.stem_conv(x)
+    if skips:
+      x = x + skips[0]
+    for s in range(3):
+      for i in range(self.blocks):
+        x = getattr(self, f"stage{s + 1}_block{i}")(x)
+      if s < 2 and len(skips) > s + 1:
+        x = x + skips[s + 1]
+    x = F.relu(self.final_bn(x))
+    return self.head(x.mean(dim=(2, 3)))
+
+
+BACKBONES = {
+    "resnet18": lambda n, m: ResNet18(n, m, preact=False),
+    "preact_resnet18": lambda n, m: ResNet18(n, m, preact=True),
+    "wrn28_10": lambda n, m: WideResNet(28, 10, n, m),
+    "wrn34_10": lambda n, m: WideResNet(34, 10, n, m),
+}
 
 
 class SRBlock(nn.Module):
@@ -118,30 +203,57 @@ def _resize(x, size: int):
 
 
 class SiRIIB(nn.Module):
-  """x_avg (mean of upsampled sigmoid SR outputs over the scales), c(·) (three 3×3
-  conv-BN-ReLU, 16→32→64) and the p_i (3×3 conv with bias, average-pooled to the target)."""
+  """x_avg (mean of upsampled sigmoid SR outputs over the scales), c(·) and the p_i (3×3
+  conv with bias, average-pooled to the target). c(·): `base`, three 3×3 conv-BN-ReLU
+  (16, 32, 64) × `width_multiplier`; `L` / `XL`, a 3×3 conv to 16 × `width_multiplier`
+  channels, 2 / 4 pre-activation blocks of the stage-1 target's width, BN-ReLU."""
 
-  def __init__(self, targets, scales=(32, 24, 16, 8), num_skips: int = 3):
+  def __init__(self, targets, scales=(32, 24, 16, 8), num_skips: int = 3,
+               variant: str = "base", orth_channels: int = 12, fft_eps: float = 1e-8,
+               width_multiplier: float = 1.0):
     super().__init__()
     self.scales = tuple(scales)
     for i in range(len(self.scales)):
-      setattr(self, f"sr{i}", SRBlock())
+      setattr(self, f"sr{i}", SRBlock(orth_channels, fft_eps))
+    self.variant = variant
+    widths = scaled_widths((16, 32, 64), width_multiplier)
     self.extractor = nn.Module()
-    for i, (cin, cout) in enumerate(((3, 16), (16, 32), (32, 64))):
-      setattr(self.extractor, f"conv{i}", _conv3x3(cin, cout))
-      setattr(self.extractor, f"bn{i}", _bn(cout))
+    if variant == "base":
+      cin = 3
+      for i, cout in enumerate(widths):
+        setattr(self.extractor, f"conv{i}", _conv3x3(cin, cout))
+        setattr(self.extractor, f"bn{i}", _bn(cout))
+        cin = cout
+    else:
+      self.blocks = {"L": 2, "XL": 4}[variant]
+      width = targets[1][0]
+      self.extractor.conv0 = _conv3x3(3, widths[0])
+      cin = widths[0]
+      for i in range(self.blocks):
+        setattr(self.extractor, f"block{i}", PreActBlock(cin, width, 1))
+        cin = width
+      self.extractor.final_bn = _bn(cin)
     self.targets = tuple(targets[:num_skips])
     for i, (channels, _) in enumerate(self.targets):
-      setattr(self, f"projection{i}", _conv3x3(64, channels, bias=True))
+      setattr(self, f"projection{i}", _conv3x3(cin, channels, bias=True))
+
+  def extract(self, h):
+    e = self.extractor
+    if self.variant == "base":
+      for i in range(3):
+        h = F.relu(getattr(e, f"bn{i}")(getattr(e, f"conv{i}")(h)))
+      return h
+    h = e.conv0(h)
+    for i in range(self.blocks):
+      h = getattr(e, f"block{i}")(h)
+    return F.relu(e.final_bn(h))
 
   def forward(self, x):
     size = x.shape[-1]
     maps = [_resize(torch.sigmoid(getattr(self, f"sr{i}")(_resize(x, s))), size)
             for i, s in enumerate(self.scales)]
     x_avg = sum(maps) / len(maps)
-    h = x_avg
-    for i in range(3):
-      h = F.relu(getattr(self.extractor, f"bn{i}")(getattr(self.extractor, f"conv{i}")(h)))
+    h = self.extract(x_avg)
     features = []
     for i, (_, stride) in enumerate(self.targets):
       f = getattr(self, f"projection{i}")(h)
@@ -153,14 +265,20 @@ class SiRIIB(nn.Module):
 
 class Classifier(nn.Module):
   """Raw images in [0, 1] → (logits, x_avg, features); SiRIIB sees raw pixels,
-  the backbone `(x − mean) / std`. Input is NCHW."""
+  the backbone `(x − mean) / std`. Input is NCHW. `Classifier(siriib)` is the paper's
+  ResNet-18(-SR); `build_model(architecture)` builds any exported siriib_jax model."""
 
-  def __init__(self, siriib: bool, num_classes: int = 10):
+  def __init__(self, siriib: bool, num_classes: int = 10, backbone: str = "resnet18",
+               width_multiplier: float = 1.0, siriib_options: Optional[dict] = None,
+               mean=CIFAR10_MEAN, std=CIFAR10_STD):
     super().__init__()
-    self.backbone = ResNet18(num_classes)
-    self.siriib = SiRIIB(ResNet18.skip_targets) if siriib else None
-    self.register_buffer("mean", torch.tensor(CIFAR10_MEAN).view(1, 3, 1, 1))
-    self.register_buffer("std", torch.tensor(CIFAR10_STD).view(1, 3, 1, 1))
+    self.backbone = BACKBONES[backbone](num_classes, width_multiplier)
+    self.siriib = None
+    if siriib:
+      self.siriib = SiRIIB(self.backbone.skip_targets, width_multiplier=width_multiplier,
+                           **(siriib_options or {}))
+    self.register_buffer("mean", torch.tensor(tuple(mean), dtype=torch.float32).view(1, 3, 1, 1))
+    self.register_buffer("std", torch.tensor(tuple(std), dtype=torch.float32).view(1, 3, 1, 1))
 
   def forward(self, x):
     x_avg, features = None, []
@@ -168,6 +286,19 @@ class Classifier(nn.Module):
       x_avg, features = self.siriib(x)
     logits = self.backbone((x - self.mean) / self.std, features)
     return logits, x_avg, features
+
+
+def build_model(architecture: dict) -> Classifier:
+  """The `Classifier` of a siriib_jax export's `architecture.json` (siriib_jax/export.py):
+  its state-dict names and shapes are those of the exported `model.safetensors`, so
+  `model.load_state_dict(safetensors.torch.load_file(path))` loads it (strict)."""
+  m = architecture["model"]
+  s = m["siriib"]
+  options = {"scales": tuple(s["scales"]), "num_skips": s["num_skips"],
+             "variant": s["variant"], "orth_channels": s["orth_channels"],
+             "fft_eps": s["fft_eps"]}
+  return Classifier(bool(s["enabled"]), m["num_classes"], m["name"], m["width_multiplier"],
+                    options, m["mean"], m["std"])
 
 
 class LogitsOnly(nn.Module):
@@ -353,7 +484,7 @@ def _main():
   sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
   import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
-  from configs.default import get_config  # pylint: disable=import-outside-toplevel
+  from siriib_jax.configs.default import get_config  # pylint: disable=import-outside-toplevel
   from siriib_jax.models import create_model  # pylint: disable=import-outside-toplevel
   for siriib in (False, True):
     config = get_config()
