@@ -47,6 +47,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.siriib.variant = "base"  # base | L | XL: the feature extractor c(·).
   config.model.siriib.orth_channels = 12
   config.model.siriib.fft_eps = 1e-8
+  # How W of the SR blocks' y = x · W (3 × orth_channels) keeps orthonormal rows, the
+  # isometry of paper §3.2: "exact", by construction (W = polar factor of an unconstrained
+  # parameter; R_τ is then ~0 and only logged); "penalty", a free W pulled towards them by
+  # λ2 R_τ in the loss. Checkpoints of one mode do not load in the other.
+  config.model.siriib.orthogonality = "penalty"
 
   # L = L_ori + λ1 (L_svd + L_info) + λ2 R_τ (paper §4.2).
   config.loss = ml_collections.ConfigDict()

@@ -9,11 +9,11 @@ scale λ1 = 20 is the best value of Table 2).
 
 from typing import NamedTuple, Sequence
 
-import flax
 import jax
 import jax.numpy as jnp
 import optax
 
+from siriib_jax.models.siriib import sr_weight_matrices
 from siriib_jax.svd import svd_parts
 
 
@@ -55,16 +55,33 @@ def info_loss(features_adv: Sequence[jnp.ndarray],
   return sum(_per_example_mse(a, c) for a, c in zip(features_adv, features_clean, strict=True))
 
 
+def _gram_residuals(params) -> list:
+  """`W Wᵀ − I` of every SR block's W (`models.siriib.sr_weight_matrices`)."""
+  residuals = []
+  for w in sr_weight_matrices(params).values():
+    gram = w @ w.T
+    residuals.append(gram - jnp.eye(gram.shape[0]))
+  return residuals
+
+
 def orthogonality_penalty(params) -> jnp.ndarray:
-  """`R_τ = Σ_blocks ‖W Wᵀ − I‖²_F` over every SR block's 1×1 `orthogonal` kernel, read as
-  the (in_channels × orth_channels) matrix W (SPEC §1.1). Scalar; 0 without SiRIIB."""
+  """`R_τ = Σ_blocks ‖W Wᵀ − I‖²_F` over every SR block's W, the (in_channels ×
+  orth_channels) matrix of its 1×1 conv as the forward pass uses it (SPEC §1.1; in
+  "exact" mode the polar factor of the stored parameter, so R_τ ≈ 0). Scalar; 0 without
+  SiRIIB."""
   total = jnp.zeros((), jnp.float32)
-  for path, kernel in flax.traverse_util.flatten_dict(params).items():
-    if path[-2:] == ("orthogonal", "kernel"):
-      w = kernel.reshape(-1, kernel.shape[-1]).astype(jnp.float32)
-      gram = w @ w.T
-      total = total + jnp.sum((gram - jnp.eye(gram.shape[0])) ** 2)
+  for residual in _gram_residuals(params):
+    total = total + jnp.sum(residual ** 2)
   return total
+
+
+def orthogonality_error(params) -> jnp.ndarray | None:
+  """The largest `‖W Wᵀ − I‖_F` over the SR blocks (0 when every W has orthonormal rows;
+  paper §3.2's isometry). Scalar float32; None for a model without SiRIIB."""
+  residuals = _gram_residuals(params)
+  if not residuals:
+    return None
+  return jnp.max(jnp.stack([jnp.sqrt(jnp.sum(r ** 2)) for r in residuals]))
 
 
 class SiriibTerms(NamedTuple):

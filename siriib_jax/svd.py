@@ -52,6 +52,71 @@ def _svd_parts_bwd(eps, residuals, cotangents):
 _svd_parts.defvjp(_svd_parts_fwd, _svd_parts_bwd)
 
 
+# `orthonormal_rows` floors singular values at this fraction of the largest in its gradient.
+_RELATIVE_SINGULAR_VALUE_FLOOR = 1e-3
+
+
+@jax.custom_vjp
+def _polar_factor(a):
+  u, _, v = _svd(a)
+  return u @ jnp.swapaxes(v, -1, -2)
+
+
+def _polar_factor_fwd(a):
+  u, s, v = _svd(a)
+  return u @ jnp.swapaxes(v, -1, -2), (u, s, v)
+
+
+def _polar_factor_bwd(residuals, w_bar):
+  u, s, v = residuals
+  s = jnp.maximum(s, _RELATIVE_SINGULAR_VALUE_FLOOR * s[..., :1])
+  ut, vt = jnp.swapaxes(u, -1, -2), jnp.swapaxes(v, -1, -2)
+  x = ut @ w_bar @ v
+  rotation = (x - jnp.swapaxes(x, -1, -2)) / (s[..., :, None] + s[..., None, :])
+  off_span = (ut @ w_bar) - ((ut @ w_bar) @ v) @ vt  # Uᵀ W̄ (I − V Vᵀ)
+  return (u @ (rotation @ vt + off_span / s[..., :, None]),)
+
+
+_polar_factor.defvjp(_polar_factor_fwd, _polar_factor_bwd)
+
+
+def orthonormal_rows(a: jnp.ndarray) -> jnp.ndarray:
+  """The orthogonal polar factor `W = U Vᵀ` of `A = U Σ Vᵀ` (thin SVD): the matrix with
+  orthonormal rows nearest to `A` in the Frobenius norm, equal to `(A Aᵀ)^(-1/2) A`.
+
+  It is the map of `model.siriib.orthogonality = "exact"` from the SR block's
+  unconstrained parameter onto the Stiefel manifold (paper §3.2, App. B: W orthogonal).
+  **[choice]** Why this map:
+  - it treats the input (colour) channels alike — a QR / Gram–Schmidt map orthonormalises
+    the first row first — and it is the identity on matrices that already have orthonormal
+    rows, so an orthogonally initialised block computes the same function as in "penalty"
+    mode; a Cayley or matrix-exponential map would need an N × N skew matrix (more numbers)
+    or a 3N-number subspace of one;
+  - the forward value comes from LAPACK's SVD, so W has orthonormal rows to float32
+    rounding whatever A's conditioning;
+  - its gradient needs no individual singular vector: for m ≤ n,
+
+        dW = U [(M − Mᵀ) ⊘ (σ_i + σ_j)] Vᵀ + U Σ⁻¹ Uᵀ dA (I − V Vᵀ),   M = Uᵀ dA V,
+
+    with no 1 / (σ_i² − σ_j²) term, so the repeated singular values of an orthonormal A
+    (where `jnp.linalg.svd`'s own gradient is NaN) are harmless. It degenerates only where
+    A loses rank (W is not unique there); in the gradient the singular values are floored
+    at 1e-3 × the largest, which bounds it by ~1e3 / σ_max, and is exact elsewhere;
+  - it is scale-invariant, W(cA) = W(A): the gradient is orthogonal to A and shrinks as
+    1 / ‖A‖, so a growing ‖A‖ slows W's updates instead of destabilising them.
+
+  Args:
+    a: (..., m, n) with m ≤ n (the SR block's in_channels × orth_channels).
+  Returns:
+    (..., m, n) float32 with `W Wᵀ = I_m` up to float32 rounding.
+  Raises:
+    ValueError: m > n (no matrix with more rows than columns has orthonormal rows).
+  """
+  if a.shape[-2] > a.shape[-1]:
+    raise ValueError(f"orthonormal_rows needs at most as many rows as columns, got {a.shape}")
+  return _polar_factor(a.astype(jnp.float32))
+
+
 def svd_parts(images: jnp.ndarray, eps: float = 1e-6) -> tuple[jnp.ndarray, jnp.ndarray]:
   """Singular values and orthogonal factor of each channel of each image.
 

@@ -20,7 +20,7 @@ import numpy as np
 from absl import logging
 from clu import metric_writers, periodic_actions
 
-from siriib_jax import parallel
+from siriib_jax import losses, parallel
 from siriib_jax.checkpointing import Checkpoints
 from siriib_jax.config_validation import validate_config
 from siriib_jax.data import InputPipeline
@@ -183,6 +183,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
              "epochs": int(state.step) / steps_per_epoch, "validation": validation,
              "best_validation_pgd": checkpoints.best_metric(),
              "train_seconds": time.time() - started}
+  orth_error = losses.orthogonality_error(state.params)  # None without SiRIIB: omitted.
+  if orth_error is not None:
+    summary["orthogonality_error"] = float(orth_error)  # Largest ‖W Wᵀ − I‖_F, paper §3.2.
   if status == "completed" and config.final_eval_size:
     summary["final_evaluation"] = _final_evaluation(model, state, checkpoints, config, data,
                                                     workdir)

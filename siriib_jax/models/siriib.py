@@ -7,16 +7,48 @@ Inputs are raw images in [0, 1], NHWC; nothing here is normalised.
 import math
 from typing import Callable, Sequence
 
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from siriib_jax.models.backbone import SkipTarget, scaled_widths
+from siriib_jax.models.skip_targets import SkipTarget, scaled_widths
 from siriib_jax.models.conv import conv_general_dilated
 from siriib_jax.models.layers import Conv1x1, Conv3x3, ConvWithBias, batch_norm, conv_init
 from siriib_jax.models.resnet import PreActBlock
+from siriib_jax.svd import orthonormal_rows
 
 EXTRACTOR_VARIANTS = ("base", "L", "XL")
+# How the SR block's W is kept orthogonal (`model.siriib.orthogonality`): "penalty", a free
+# kernel pulled towards orthonormal rows by R_τ; "exact", orthonormal rows by construction
+# (`orthonormal_rows`).
+ORTHOGONALITY_MODES = ("exact", "penalty")
+# The SR block's submodule that holds W's parameter, per mode. The names differ so that a
+# checkpoint of one mode cannot be restored into a model of the other: the same 3 × N
+# numbers mean W itself in "penalty" mode and the unconstrained A of W = polar(A) in "exact".
+ORTHOGONAL_MODULE = {"penalty": "orthogonal", "exact": "orthogonal_polar"}
+
+
+def sr_weight_matrices(params) -> dict:
+  """Every SR block's W as used in the forward pass, read from a model's parameters.
+
+  Args:
+    params: a parameter tree (of the whole classifier, of SiRIIB or of one SR block).
+  Returns:
+    {path of the SR block ("siriib/sr0", …): W (in_channels × orth_channels) float32};
+    empty for a model without SiRIIB. In "exact" mode W is `orthonormal_rows` of the
+    stored parameter.
+  """
+  matrices = {}
+  for path, leaf in flax.traverse_util.flatten_dict(params).items():
+    if path[-1] != "kernel" or len(path) < 2:
+      continue
+    name = "/".join(path[:-2])
+    if path[-2] == ORTHOGONAL_MODULE["penalty"]:
+      matrices[name] = leaf.reshape(-1, leaf.shape[-1]).astype(jnp.float32)
+    elif path[-2] == ORTHOGONAL_MODULE["exact"]:
+      matrices[name] = orthonormal_rows(leaf.reshape(-1, leaf.shape[-1]))
+  return matrices
 
 
 def modulate_amplitude(y: jnp.ndarray, amplitude_fn: Callable[[jnp.ndarray], jnp.ndarray],
@@ -46,9 +78,13 @@ def modulate_amplitude(y: jnp.ndarray, amplitude_fn: Callable[[jnp.ndarray], jnp
 class SRBlock(nn.Module):
   """Singular regularisation of one scale (paper §3.2, App. B; SPEC §1).
 
-  1. `y = x · W`, a bias-free 1×1 conv 3 → `orth_channels` whose 3 × `orth_channels`
-     kernel is pushed towards orthonormal rows by `R_τ` (an isometry keeps the singular
-     values of the channel × pixel matrix). Its parameters live under `orthogonal`.
+  1. `y = x · W`, a bias-free 1×1 conv 3 → `orth_channels` whose 3 × `orth_channels` W
+     should have orthonormal rows (an isometry keeps the singular values of the channel ×
+     pixel matrix, §3.2). `orthogonality` says how: "penalty", W is the free kernel under
+     `orthogonal`, pulled towards orthonormal rows by `R_τ` in the loss; "exact", the
+     kernel under `orthogonal_polar` is an unconstrained A and W = `orthonormal_rows(A)`
+     at every call (`R_τ` is then 0 up to rounding). Same 3 × `orth_channels` numbers and
+     MACs in both modes.
   2. `z`: the amplitude of `rfft2(y)` modulated by a 1×1 conv with bias, phase kept.
   3. `BatchNorm(conv1x1(concat[y, z]))` back to the input's channels.
 
@@ -57,12 +93,21 @@ class SRBlock(nn.Module):
   orth_channels: int = 12
   fft_eps: float = 1e-8
   dtype: jnp.dtype = jnp.float32
+  orthogonality: str = "penalty"
 
   @nn.compact
   def __call__(self, x, train: bool):
+    if self.orthogonality not in ORTHOGONALITY_MODES:
+      raise ValueError(f"orthogonality must be one of {ORTHOGONALITY_MODES}, "
+                       f"got {self.orthogonality!r}")
     channels = x.shape[-1]
+    conv = conv_general_dilated
+    if self.orthogonality == "exact":
+      def conv(lhs, rhs, *args, **kwargs):  # rhs: the (1, 1, C, orth_channels) parameter A.
+        w = orthonormal_rows(rhs.reshape(rhs.shape[-2:])).astype(rhs.dtype)
+        return conv_general_dilated(lhs, w.reshape(rhs.shape), *args, **kwargs)
     y = Conv1x1(self.orth_channels, dtype=self.dtype, kernel_init=nn.initializers.orthogonal(),
-                name="orthogonal")(x)
+                conv_general_dilated=conv, name=ORTHOGONAL_MODULE[self.orthogonality])(x)
     amplitude_conv = ConvWithBias(self.orth_channels, (1, 1), dtype=jnp.float32,
                                   name="amplitude")
     z = modulate_amplitude(y, amplitude_conv, self.fft_eps)
@@ -156,7 +201,7 @@ class SiRIIB(nn.Module):
   SR block per scale, bilinear resizing), then `f_i = p_i(c(x_avg))` for the first
   `num_skips` skip targets: `p_i` is a 3×3 conv (with bias) from c(·)'s channels to the
   target's channels at full resolution, average-pooled by the target's stride (one
-  `PooledConv` where the stride is > 1).
+  `PooledConv` where the stride is > 1). `orthogonality` is the SR blocks' (`SRBlock`).
 
   Args of `__call__`:
     x: raw images (B, H, W, 3) in [0, 1], H = W.
@@ -172,13 +217,15 @@ class SiRIIB(nn.Module):
   fft_eps: float = 1e-8
   width_multiplier: float = 1.0
   dtype: jnp.dtype = jnp.float32
+  orthogonality: str = "penalty"
 
   @nn.compact
   def __call__(self, x, targets: Sequence[SkipTarget], train: bool = False):
     size = x.shape[1]
     maps = []
     for i, scale in enumerate(self.scales):
-      sr = SRBlock(self.orth_channels, self.fft_eps, self.dtype, name=f"sr{i}")
+      sr = SRBlock(self.orth_channels, self.fft_eps, self.dtype, self.orthogonality,
+                   name=f"sr{i}")
       out = nn.sigmoid(sr(resize_bilinear(x, scale), train).astype(jnp.float32))
       maps.append(resize_bilinear(out, size))
     x_avg = sum(maps) / len(maps)
