@@ -16,14 +16,25 @@ Deviations from the reference implementation (fra31/auto-attack, `square.py`):
     original code of the paper; AutoAttack's PyTorch port shares them across the batch.
   * Window corners are drawn from all h − s + 1 valid positions (the reference's
     `randint(0, h − s)` never picks the last one).
-  * In the L2 initialisation, the grid of bumps is centred on each axis separately (the
-    reference centres both axes with the offset computed from the height) and each bump is
-    transposed at random per image.
+  * The L2 initialisation is built per axis, so that it is defined on any image shape
+    (H ≠ W, a side under 5): along an axis of n pixels the blocks have side max(n // 5, 1)
+    and the n // side of them are centred on that axis. The reference takes the block side
+    h // 5 from the height for both axes, centres both with the height's offset and has no
+    block at all when h < 5; here a side-1 axis gets bumps one pixel thick. A block of
+    r × c pixels holds the bump of `pseudo_gaussian_bump(r, c)` or, at random per image
+    and block, its sideways form (the transpose of the reference, for square blocks).
+    The start perturbation is therefore never zero, and on square images of side ≥ 25
+    (CIFAR's 32, ImageNet's 224) the grid is the reference's.
+  * Every normalisation divides by a norm only where it is non-zero (a zero vector stays
+    zero, instead of becoming NaN), and a NaN margin (NaN logits from the model) is an
+    error, raised when the attack's result is read: a NaN margin compares as "not above
+    zero", so every such point would otherwise look broken-through or done.
   * Restarts run inside one `lax.fori_loop`; each attacks only the points still correctly
     classified, and the lowest-margin point over the restarts is returned.
 """
 
 import functools
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -49,7 +60,7 @@ def side_schedule(queries: int, p_init: float, height: int, width: int,
   """(queries,) the side s = round(√(p·h·w)) of the square at each iteration.
 
   At least 1 for L∞; for L2 at least 3 and odd (so that the bump has a centre). Capped at
-  min(h, w).
+  min(h, w), which on images with a side under 3 gives an L2 side of 1 or 2.
   """
   sides = np.round(np.sqrt(p_schedule(queries, p_init) * height * width)).astype(np.int64)
   if norm == "linf":
@@ -72,16 +83,41 @@ def _rings(rows: int, cols: int) -> np.ndarray:
   return values / np.linalg.norm(values)
 
 
-def pseudo_gaussian_bump(side: int) -> np.ndarray:
-  """(side, side) the L2 update shape (Algorithm 3): two stacked ring patterns of opposite
-  sign (top side//2 rows positive), with unit L2 norm."""
-  bump = np.concatenate([_rings(side // 2, side), -_rings(side - side // 2, side)])
+def pseudo_gaussian_bump(rows: int, cols: Optional[int] = None) -> np.ndarray:
+  """(rows, cols) the L2 update shape (Algorithm 3 of Andriushchenko et al. 2020): two
+  stacked ring patterns of opposite sign (the top rows // 2 rows positive), with unit L2
+  norm. `cols` defaults to `rows` (the square bump of the paper). Non-zero for any
+  rows, cols ≥ 1 (a single row is one negative ring pattern).
+
+  Raises:
+    ValueError: rows or cols < 1.
+  """
+  cols = rows if cols is None else cols
+  if rows < 1 or cols < 1:
+    raise ValueError(f"a bump needs at least one row and column, got {rows} × {cols}")
+  bump = np.concatenate([_rings(rows // 2, cols), -_rings(rows - rows // 2, cols)])
   return bump / np.linalg.norm(bump)
+
+
+def _unit(v: jnp.ndarray, norm: jnp.ndarray) -> jnp.ndarray:
+  """v / norm where norm > 0, and 0 where norm is 0 (never NaN); norm broadcasts to v."""
+  return v / jnp.where(norm > 0, norm, 1.0)
 
 
 def _margin(logits_fn: LogitsFn, x: jnp.ndarray, y: jnp.ndarray) -> jnp.ndarray:
   """(B,) `z_y − max_{j≠y} z_j`: the loss Square minimises; ≤ 0 once misclassified."""
   return -cw_margin(logits_fn(x), y)
+
+
+def _raise_if_nan(nan_margin: np.ndarray) -> None:
+  """Host callback: the margin was NaN for some points (the model returned NaN logits)."""
+  if np.any(nan_margin):
+    raise FloatingPointError(
+        f"Square attack: the margin z_y − max_(j≠y) z_j is NaN for {int(np.sum(nan_margin))} "
+        f"of {nan_margin.size} points (indices {np.flatnonzero(nan_margin)[:10].tolist()}): "
+        "the model returned NaN logits on them (or on a point of their ε-ball), so Square "
+        "cannot compare margins. Check the model on these inputs (e.g. its normalisation "
+        "or a division by zero) before attacking it.")
 
 
 def _random_window(key: jax.Array, shape, side: jnp.ndarray):
@@ -122,37 +158,47 @@ def _linf_proposal(key: jax.Array, x: jnp.ndarray, x_best: jnp.ndarray, side: jn
   return jnp.where(inside, jnp.clip(x + eps * signs, 0.0, 1.0), x_best)
 
 
-def _block_grid(size: int, side: int):
-  """Along one axis of length `size`, the (size//5)-grid of the L2 initialisation.
+def _block_grid(size: int):
+  """Along one axis of `size` pixels, the grid of the L2 initialisation: blocks of side
+  max(size // 5, 1), as many as fit (size // side ≥ 1), centred on the axis.
 
-  Returns (size,) numpy arrays: the block index of each pixel (−1 outside the grid) and
-  its offset within the block.
+  Returns:
+    block: (size,) numpy int, the block of each pixel (−1 outside the grid);
+    offset: (size,) its offset within the block;
+    side, count: the block side and the number of blocks.
   """
-  offset = np.arange(size) - (size - 5 * side) // 2
-  block = np.where((offset >= 0) & (offset // side < size // side), offset // side, -1)
-  return block, offset % side
+  side = max(size // 5, 1)
+  count = size // side
+  position = np.arange(size) - (size - count * side) // 2
+  block = np.where((position >= 0) & (position < count * side), position // side, -1)
+  return block, position % side, side, count
 
 
 def _l2_init(key: jax.Array, x: jnp.ndarray, eps: float) -> jnp.ndarray:
-  """A grid of bumps of side max(h//5, 1), random sign per (image, bump, channel) and random
-  orientation per (image, bump), rescaled to ‖δ‖₂ = ε, clipped to [0, 1] (Algorithm 3)."""
+  """A grid of bumps (`_block_grid` per axis: r × c blocks, r = max(h // 5, 1),
+  c = max(w // 5, 1)), random sign per (image, block, channel) and random orientation per
+  (image, block), rescaled to ‖δ‖₂ = ε, clipped to [0, 1] (Algorithm 3).
+
+  δ is non-zero before the clip on any image shape: every axis has at least one block, and
+  a bump is non-zero on its whole block.
+  """
   batch, height, width, channels = x.shape
-  side = max(height // 5, 1)
-  bump = pseudo_gaussian_bump(side)
-  row_block, row_offset = _block_grid(height, side)
-  col_block, col_offset = _block_grid(width, side)
+  row_block, row_offset, rows, n_rows = _block_grid(height)
+  col_block, col_offset, cols, n_cols = _block_grid(width)
   covered = (row_block[:, None] >= 0) & (col_block[None, :] >= 0)
   rb, cb = np.maximum(row_block, 0)[:, None], np.maximum(col_block, 0)[None, :]
-  upright = bump[row_offset[:, None], col_offset[None, :]]
-  transposed = bump[col_offset[None, :], row_offset[:, None]]
+  # Two orientations of the r × c bump: split into top/bottom halves, or left/right ones
+  # (for a square block the second is the first transposed).
+  upright = pseudo_gaussian_bump(rows, cols)[row_offset[:, None], col_offset[None, :]]
+  sideways = pseudo_gaussian_bump(cols, rows).T[row_offset[:, None], col_offset[None, :]]
 
   k_sign, k_flip = jax.random.split(key)
-  grid_shape = (batch, height // side, width // side)
+  grid_shape = (batch, n_rows, n_cols)
   signs = jax.random.rademacher(k_sign, grid_shape + (channels,), dtype=x.dtype)[:, rb, cb]
   flip = jax.random.bernoulli(k_flip, 0.5, grid_shape)[:, rb, cb]
-  delta = jnp.where(covered, jnp.where(flip, transposed, upright), 0.0)[..., None] * signs
-  return jnp.clip(x + eps * delta / per_example_norm(delta, "l2")[:, None, None, None],
-                  0.0, 1.0)
+  delta = jnp.where(covered, jnp.where(flip, sideways, upright), 0.0)[..., None] * signs
+  norm = per_example_norm(delta, "l2")[:, None, None, None]
+  return jnp.clip(x + eps * _unit(delta, norm), 0.0, 1.0)
 
 
 def _window_norm(v: jnp.ndarray, inside: jnp.ndarray) -> jnp.ndarray:
@@ -181,12 +227,12 @@ def _l2_proposal(key: jax.Array, x: jnp.ndarray, x_best: jnp.ndarray, side: jnp.
   flip = jax.random.bernoulli(k_flip, 0.5, (batch, 1, 1))
   shape = jnp.where(flip, bump[cols, rows], bump[rows, cols])[..., None]
   signs = jax.random.rademacher(k_sign, (batch, 1, 1, channels), dtype=x.dtype)
-  window = shape * signs + delta / (1e-12 + _window_norm(delta, inside1))
-  window = window / (1e-12 + _window_norm(window, inside1)) * jnp.sqrt(mass)
+  window = shape * signs + _unit(delta, _window_norm(delta, inside1))
+  window = _unit(window, _window_norm(window, inside1)) * jnp.sqrt(mass)
 
   delta = jnp.where(inside1, window, jnp.where(inside2, 0.0, delta))
-  scale = eps / (1e-12 + per_example_norm(delta, "l2"))
-  return jnp.clip(x + scale[:, None, None, None] * delta, 0.0, 1.0)
+  norm = per_example_norm(delta, "l2")[:, None, None, None]
+  return jnp.clip(x + eps * _unit(delta, norm), 0.0, 1.0)
 
 
 def _proposal_fn(x_shape, queries: int, p_init: float, eps: float, norm: str):
@@ -211,7 +257,7 @@ def _search(logits_fn: LogitsFn, x: jnp.ndarray, y: jnp.ndarray, key: jax.Array,
   """One restart of the random search (Algorithm 1) on the `attacked` (B,) points.
 
   Returns:
-    x_best (B, H, W, C) and its margin (B,).
+    x_best (B, H, W, C), its margin (B,), and (B,) bool: a NaN margin was met on the point.
   """
   k_init, k_loop = jax.random.split(key)
   x_best = init_fn(k_init, x)
@@ -221,19 +267,21 @@ def _search(logits_fn: LogitsFn, x: jnp.ndarray, y: jnp.ndarray, key: jax.Array,
     return attacked & (margin > 0)
 
   def keep_going(state):
-    i, _, margin = state
-    return (i < queries) & jnp.any(active(margin))
+    i, _, margin, nan = state
+    return (i < queries) & jnp.any(active(margin)) & ~jnp.any(nan)
 
   def step(state):
-    i, x_best, margin = state
+    i, x_best, margin, nan = state
     x_new = proposal_fn(jax.random.fold_in(k_loop, i), i, x, x_best)
     new_margin = _margin(logits_fn, x_new, y)
     accept = active(margin) & (new_margin < margin)
     x_best = jnp.where(accept[:, None, None, None], x_new, x_best)
-    return i + 1, x_best, jnp.where(accept, new_margin, margin)
+    nan = nan | (active(margin) & jnp.isnan(new_margin))
+    return i + 1, x_best, jnp.where(accept, new_margin, margin), nan
 
-  _, x_best, margin = lax.while_loop(keep_going, step, (0, x_best, margin))
-  return x_best, margin
+  state = (0, x_best, margin, attacked & jnp.isnan(margin))
+  _, x_best, margin, nan = lax.while_loop(keep_going, step, state)
+  return x_best, margin, nan
 
 
 def square(eps: float, norm: str = "linf", queries: int = 5000, p_init: float = 0.8,
@@ -250,11 +298,21 @@ def square(eps: float, norm: str = "linf", queries: int = 5000, p_init: float = 
       correctly.
 
   Returns:
-    An `Attack`; `x_adv` is the lowest-margin point found (x itself for points already
-    misclassified), and `success` is `argmax logits_fn(x_adv) ≠ y`.
+    An `Attack` on images x (B, H, W, C) of any height and width ≥ 1; `x_adv` is the
+    lowest-margin point found (x itself for points already misclassified), and `success` is
+    `argmax logits_fn(x_adv) ≠ y`.
+
+  Raises:
+    ValueError: an unknown `norm`, or queries, restarts < 1, or p_init outside (0, 1].
+    FloatingPointError (inside the `JaxRuntimeError` that reading the result raises): a
+      margin was NaN, i.e. the model returned NaN logits on x or on a proposal.
   """
   if norm not in NORMS:
     raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+  if queries < 1 or restarts < 1:
+    raise ValueError(f"queries and restarts must be ≥ 1, got {queries} and {restarts}")
+  if not 0 < p_init <= 1:
+    raise ValueError(f"p_init is a fraction of the pixels, in (0, 1]; got {p_init}")
   init = functools.partial(_linf_init if norm == "linf" else _l2_init, eps=eps)
 
   def attack(logits_fn: LogitsFn, x: jnp.ndarray, y: jnp.ndarray,
@@ -262,15 +320,17 @@ def square(eps: float, norm: str = "linf", queries: int = 5000, p_init: float = 
     proposal = _proposal_fn(x.shape, queries, p_init, eps, norm)
 
     def restart(r, best):
-      x_best, margin = best
+      x_best, margin, nan = best
       attacked = margin > 0
-      x_run, run_margin = _search(logits_fn, x, y, jax.random.fold_in(key, r), attacked,
-                                  init, proposal, queries)
+      x_run, run_margin, run_nan = _search(logits_fn, x, y, jax.random.fold_in(key, r),
+                                           attacked, init, proposal, queries)
       better = attacked & (run_margin < margin)
       return (jnp.where(better[:, None, None, None], x_run, x_best),
-              jnp.where(better, run_margin, margin))
+              jnp.where(better, run_margin, margin), nan | run_nan)
 
-    x_adv, _ = lax.fori_loop(0, restarts, restart, (x, _margin(logits_fn, x, y)))
+    margin = _margin(logits_fn, x, y)
+    x_adv, _, nan = lax.fori_loop(0, restarts, restart, (x, margin, jnp.isnan(margin)))
+    jax.debug.callback(_raise_if_nan, nan)
     success = jnp.argmax(logits_fn(x_adv), axis=-1) != y
     return AttackResult(x_adv, success)
 
