@@ -113,7 +113,7 @@ def _measured_bf16_tflops(n: int, repeats: int = 5, products: int = 20) -> float
 
 def _macs(model_name: str) -> int:
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  from configs.default import get_config  # pylint: disable=import-outside-toplevel
+  from siriib_jax.configs.default import get_config  # pylint: disable=import-outside-toplevel
   from siriib_jax.complexity import count_complexity  # pylint: disable=import-outside-toplevel
   from siriib_jax.models import create_model  # pylint: disable=import-outside-toplevel
   config = get_config()
@@ -145,7 +145,7 @@ def _epoch(compiled, state, key, batch_size: int, train_size: int):
   (seconds, steps, summary of the step metrics: loss first / last / max, R_τ max,
   non-finite (skipped) steps)."""
   import jax  # pylint: disable=import-outside-toplevel
-  from configs.default import get_config  # pylint: disable=import-outside-toplevel
+  from siriib_jax.configs.default import get_config  # pylint: disable=import-outside-toplevel
   from siriib_jax.data import InputPipeline  # pylint: disable=import-outside-toplevel
   with tempfile.TemporaryDirectory() as folder:
     for split, n in (("train", train_size), ("test", 1000)):

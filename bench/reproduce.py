@@ -35,7 +35,7 @@ import numpy as np
 REPO = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from configs import default  # noqa: E402  pylint: disable=wrong-import-position
+from siriib_jax.configs import default  # noqa: E402  pylint: disable=wrong-import-position
 from siriib_jax.data import stratified_subset  # noqa: E402
 from siriib_jax.evaluate import evaluate  # noqa: E402
 from siriib_jax.train import train_and_evaluate  # noqa: E402

@@ -94,7 +94,7 @@ def _jax_step(model_name, mode, args, images, labels):
   """(compiled step, state, batch, key, compile seconds, XLA buffer bytes)."""
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  from configs.default import get_config  # pylint: disable=import-outside-toplevel
+  from siriib_jax.configs.default import get_config  # pylint: disable=import-outside-toplevel
   from siriib_jax import strategies  # pylint: disable=import-outside-toplevel
   from siriib_jax.models import create_model  # pylint: disable=import-outside-toplevel
   from siriib_jax.train_state import create_train_state  # pylint: disable=import-outside-toplevel

@@ -1,6 +1,6 @@
 """ResNet-18-SR, PGD-AT on CIFAR-100 (paper Fig. 6)."""
 
-from configs import default
+from siriib_jax.configs import default
 
 
 def get_config():

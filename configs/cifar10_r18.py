@@ -1,6 +1,6 @@
 """The paper's main setting: ResNet-18-SR, PGD-AT on CIFAR-10 (§5.1, SPEC §4)."""
 
-from configs import default
+from siriib_jax.configs import default
 
 
 def get_config():

@@ -1,7 +1,7 @@
 """WRN-28-10-SR, PGD-AT on CIFAR-10 (paper Table 5); `--config.model.siriib.variant=L|XL`
 gives WRN-28-10-SR-L / -XL."""
 
-from configs import default
+from siriib_jax.configs import default
 
 
 def get_config():

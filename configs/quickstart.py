@@ -12,7 +12,7 @@ epochs; and the final AutoAttack on 20 test points — each point it cannot brea
     python main.py --config configs/quickstart.py --workdir /tmp/siriib_quickstart
 """
 
-from configs import default
+from siriib_jax.configs import default
 
 
 def get_config():

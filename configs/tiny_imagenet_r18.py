@@ -2,7 +2,7 @@
 
 Tiny-ImageNet is read from the official zip in TFDS's manual dir (docs/data.md)."""
 
-from configs import default
+from siriib_jax.configs import default
 
 
 def get_config():

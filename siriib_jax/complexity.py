@@ -74,8 +74,8 @@ PAPER_ROWS = (("resnet18", None), ("resnet18", "base"), ("wrn28_10", None),
 
 def paper_table() -> str:
   """The lines of `describe` for every row of Tables 3 and 5 (CIFAR, 10 classes, 32²), from
-  the repository's `configs/default.py` (run from the repository root, as main.py is)."""
-  from configs import default as default_config  # pylint: disable=import-outside-toplevel
+  the default config (`configs/default.py`, shipped as `siriib_jax.configs`)."""
+  from siriib_jax.configs import default as default_config  # pylint: disable=import-outside-toplevel
   lines = []
   for name, variant in PAPER_ROWS:
     config = default_config.get_config()

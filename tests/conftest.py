@@ -6,10 +6,10 @@ import sys
 import jax
 import pytest
 
-# The repository root holds `configs/`, which tests import like main.py does.
+# The repository root, so that tests import `tests.helpers` and `tests.linear_oracle`.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from configs import default  # noqa: E402  pylint: disable=wrong-import-position
+from siriib_jax.configs import default  # noqa: E402  pylint: disable=wrong-import-position
 from siriib_jax.runtime import configure_process  # noqa: E402
 
 # As main.py runs; before the first computation initialises the backend.

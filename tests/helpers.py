@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from configs import default
+from siriib_jax.configs import default
 from siriib_jax.models import ModelOutput, logits_fn
 
 

@@ -1,4 +1,5 @@
-"""Model family invariants: x_avg, the IB skips, jit, registry errors (SPEC §2)."""
+"""models/classifier: the model family's invariants — x_avg, the IB skips, jit, the checks
+of `create_model` (SPEC §2)."""
 
 import chex
 import flax

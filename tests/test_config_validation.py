@@ -3,7 +3,7 @@ evaluation attack names by a pure parser)."""
 
 import pytest
 
-from configs import default
+from siriib_jax.configs import default
 from siriib_jax import config_validation
 from siriib_jax.config_errors import ConfigError
 

@@ -9,7 +9,7 @@ import ml_collections
 import pytest
 
 from tests.helpers import tiny_training_config, write_npz_dataset
-from configs import default
+from siriib_jax.configs import default
 from siriib_jax import train as train_lib
 from siriib_jax.checkpointing import CheckpointError, Checkpoints
 from siriib_jax.config_errors import ConfigError
