@@ -17,6 +17,12 @@ def get_config() -> ml_collections.ConfigDict:
   # TFDS data directory with the dataset prepared as ArrayRecord ("" = TFDS's default,
   # ~/tensorflow_datasets); for name=npz, the folder with the .npz files.
   config.dataset.data_dir = ""
+  # A TFDS dataset (cifar10, cifar100, cifar10_corrupted) not yet prepared under data_dir is
+  # downloaded and prepared there by the main command itself when this is True and its
+  # download host answers within download_timeout seconds (else the run stops at once,
+  # naming the prepare command); False: never download (docs/data.md).
+  config.dataset.download = True
+  config.dataset.download_timeout = 5.0  # Seconds the network probe waits for an answer.
   config.dataset.image_size = 32  # Must match the dataset: 32 (CIFAR), 64 (Tiny-ImageNet).
   config.dataset.num_classes = 10  # Must match the dataset and config.model.num_classes.
   # Training examples held out (stratified) for best-checkpoint selection; 0 = none.

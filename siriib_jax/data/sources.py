@@ -5,7 +5,18 @@ access, no TensorFlow needed), `name = "npz"` from `{data_dir}/{split}.npz`,
 `cifar10_sample` from the package. See docs/data.md for why.
 TFDS is imported only when a TFDS split is read, so that the model, attack and train-step
 modules import without it (and without TensorFlow, which TFDS may pull in).
+
+A TFDS dataset that is not prepared under `config.dataset.data_dir` is downloaded and
+prepared there (ArrayRecord) when `config.dataset.download` is True and its download host
+answers a probe within `config.dataset.download_timeout` seconds; otherwise reading fails
+at once with `DatasetNotFoundError`, naming the folder and the command that prepares it.
 """
+
+import logging
+import threading
+import urllib.error
+import urllib.request
+from typing import Optional
 
 import ml_collections
 import numpy as np
@@ -18,6 +29,44 @@ from siriib_jax.data import specs
 
 class DatasetNotFoundError(config_errors.ConfigError):
   """The dataset is not prepared under `config.dataset.data_dir`."""
+
+
+# Where TFDS's builders fetch each downloadable dataset (the files its `_split_generators`
+# download); the probe asks this URL. Tiny-ImageNet is prepared from a manually downloaded
+# zip, so it has none.
+DOWNLOAD_URLS = {
+    "cifar10": "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz",
+    "cifar100": "https://www.cs.toronto.edu/~kriz/cifar-100-binary.tar.gz",
+    "cifar10_corrupted": "https://zenodo.org/record/2535967/files/CIFAR-10-C.tar",
+}
+
+
+def probe_url(url: str, timeout: float) -> Optional[str]:
+  """Whether the network answers for `url`: None if an HTTP HEAD request got any response
+  (any status) within `timeout` seconds, else why not (a short sentence).
+
+  The request runs in a daemon thread that is abandoned after `timeout`, so that a DNS
+  lookup (which socket timeouts do not bound) cannot stall the caller. HTTP(S) proxies from
+  the environment are used, as TFDS's download would use them.
+  """
+  outcome = {}
+
+  def ask():
+    try:
+      with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"),
+                                  timeout=timeout):
+        outcome["error"] = None
+    except urllib.error.HTTPError:  # A status: the host answered.
+      outcome["error"] = None
+    except Exception as error:  # pylint: disable=broad-except
+      outcome["error"] = f"{type(error).__name__}: {error}"
+
+  thread = threading.Thread(target=ask, daemon=True, name="siriib-download-probe")
+  thread.start()
+  thread.join(timeout)
+  if "error" not in outcome:
+    return f"no answer within {timeout:g} s"
+  return outcome["error"]
 
 
 def tfds_name(dataset: ml_collections.ConfigDict) -> str:
@@ -49,7 +98,9 @@ def load_split(dataset: ml_collections.ConfigDict, split: str) -> arrays.Arrays:
     uint8 [N, S, S, 3] images and int32 [N] labels.
 
   Raises:
-    DatasetNotFoundError: a TFDS dataset is not prepared under `dataset.data_dir`.
+    DatasetNotFoundError: a TFDS dataset is not prepared under `dataset.data_dir` and could
+      not be downloaded (`dataset.download` off, the network did not answer within
+      `dataset.download_timeout` seconds, or preparing failed).
   """
   if dataset.name == "cifar10_sample":
     return sample.load(split)
@@ -61,6 +112,49 @@ def load_split(dataset: ml_collections.ConfigDict, split: str) -> arrays.Arrays:
   return _load_tfds(dataset, split)
 
 
+def _not_prepared(dataset: ml_collections.ConfigDict, name: str, builder,
+                  why: str) -> DatasetNotFoundError:
+  return DatasetNotFoundError(
+      f"TFDS dataset {name!r} is not prepared under config.dataset.data_dir = "
+      f"{dataset.data_dir!r} (looked in {builder.data_dir}). {why} Prepare it once, where "
+      f"it can be downloaded: `{prepare_command(dataset)}`, then set "
+      f"--config.dataset.data_dir to that folder. To try the code offline, use "
+      f"--config.dataset.name=cifar10_sample. See docs/data.md.")
+
+
+def _download_or_fail(builder, dataset: ml_collections.ConfigDict, name: str) -> None:
+  """Downloads and prepares `builder`'s dataset (ArrayRecord) under `dataset.data_dir`
+  when `dataset.download` is on and the network answers; else raises the error that says
+  how to prepare it. Raises `DatasetNotFoundError` also when preparing fails."""
+  url = DOWNLOAD_URLS.get(dataset.name)
+  if not dataset.download:
+    raise _not_prepared(dataset, name, builder,
+                        "Downloading is off (config.dataset.download=False).")
+  if url is None:
+    raise _not_prepared(dataset, name, builder,
+                        f"{dataset.name!r} cannot be downloaded automatically.")
+  unreachable = probe_url(url, dataset.download_timeout)
+  if unreachable:
+    raise _not_prepared(
+        dataset, name, builder,
+        f"It could not be downloaded: {url} did not answer ({unreachable}; "
+        f"config.dataset.download_timeout = {dataset.download_timeout:g} s).")
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  logging.warning("Downloading and preparing TFDS dataset %r into %s (once; "
+                  "config.dataset.download=False turns this off).", name, builder.data_dir)
+  try:
+    builder.download_and_prepare(file_format="array_record",
+                                 download_config=tfds.download.DownloadConfig())
+  except ImportError as error:  # TFDS's CIFAR builders generate with TensorFlow.
+    raise _not_prepared(dataset, name, builder,
+                        f"Preparing it needs TensorFlow ({error}): `pip install "
+                        f"tensorflow-cpu`.") from error
+  except Exception as error:  # pylint: disable=broad-except
+    raise _not_prepared(dataset, name, builder,
+                        f"Downloading or preparing it failed ({type(error).__name__}: "
+                        f"{error}).") from error
+
+
 def _load_tfds(dataset: ml_collections.ConfigDict, split: str) -> arrays.Arrays:
   """Decodes every example of a prepared TFDS split (ArrayRecord) into memory."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
@@ -68,12 +162,7 @@ def _load_tfds(dataset: ml_collections.ConfigDict, split: str) -> arrays.Arrays:
   name = tfds_name(dataset)
   builder = tfds.builder(name, data_dir=dataset.data_dir or None)
   if not builder.is_prepared():
-    raise DatasetNotFoundError(
-        f"TFDS dataset {name!r} is not prepared under config.dataset.data_dir = "
-        f"{dataset.data_dir!r} (looked in {builder.data_dir}). Training never downloads. "
-        f"Prepare it once, where it can be downloaded: `{prepare_command(dataset)}`, then "
-        f"set --config.dataset.data_dir to that folder. To try the code offline, use "
-        f"--config.dataset.name=cifar10_sample. See docs/data.md.")
+    _download_or_fail(builder, dataset, name)
   try:
     source = builder.as_data_source(split=split)
   except NotImplementedError as e:

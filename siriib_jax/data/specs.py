@@ -87,6 +87,16 @@ def validate_dataset_config(dataset: ml_collections.ConfigDict, *,
                            f"with name='npz' it must be a folder holding train.npz and "
                            f"test.npz (arrays image uint8 NHWC, label int); "
                            f"{npz_path(dataset.data_dir, split)} does not exist")
+  if not isinstance(dataset.download, bool):
+    config_errors.fail("dataset.download", dataset.download,
+                       "it must be True (download and prepare a TFDS dataset that is not "
+                       "prepared, where the network answers) or False (never download)")
+  timeout = dataset.download_timeout
+  if (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+      or not 0 < timeout <= 300):
+    config_errors.fail("dataset.download_timeout", timeout,
+                       "it must be a number of seconds in (0, 300]: how long the network "
+                       "probe waits before a run without prepared data stops")
   if dataset.name == "cifar10_corrupted":
     config_errors.check_choice("dataset.corruption", dataset.corruption, corruptions())
     config_errors.check_choice("dataset.severity", dataset.severity, SEVERITIES)
