@@ -15,7 +15,7 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from configs import default
+from siriib_jax.configs import default
 from tests.helpers import register_prepared_cifar10
 from siriib_jax import config_errors
 from siriib_jax import data
