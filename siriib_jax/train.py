@@ -11,7 +11,6 @@ import json
 import os
 import signal
 import time
-from typing import Optional
 
 import jax
 import jax.numpy as jnp
