@@ -18,9 +18,11 @@ by "." (e.g. `backbone.stage2_block0.shortcut_conv`):
 | `batch_stats/P/mean`, `/var` | `P.running_mean`, `P.running_var` | unchanged |
 | (each BatchNorm) | `P.num_batches_tracked` | int64 scalar: the checkpoint's step |
 | `config.model.mean`, `.std` | `mean`, `std` | (1, 3, 1, 1) |
-| `params/…/orthogonal_polar/kernel` A (SR blocks, `orthogonality="exact"`) | `….orthogonal.weight` | W = orthonormal_rows(A), OIHW |
+| `params/P/orthogonal_polar/kernel` A ("exact" SR blocks) | `P.orthogonal.weight` | W, OIHW |
 
-Every other tensor is float32 as trained (parameters are float32 even with
+An SR block trained with `model.siriib.orthogonality="exact"` computes with W =
+`orthonormal_rows(A)` of its stored A; the export writes that W, so PyTorch needs no polar
+factor. All tensors but `num_batches_tracked` are float32, as trained (parameters are float32 even with
 `half_precision`). `num_batches_tracked` is informative only: PyTorch reads it only when a
 BatchNorm's momentum is None, and the models here use momentum 0.1. The normalisation
 buffers make the file self-contained: the PyTorch model takes NCHW images in [0, 1] and
