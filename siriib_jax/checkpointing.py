@@ -1,19 +1,109 @@
 """Checkpoints in `workdir/checkpoints`: the last few in `last/`, the best by validation
 PGD accuracy in `best/` (robust overfitting, Rice et al. 2020), both orbax
-`CheckpointManager`s. Saving is asynchronous; `close()` waits for it."""
+`CheckpointManager`s. Saving is asynchronous; `close()` waits for it.
+
+Every read restores onto the current devices, whatever the number of devices that wrote
+the checkpoint: training saves its state replicated over its data mesh, and orbax, given
+no target, would rebuild that mesh (and fail on a machine with another device count). A
+resumed run passes its own abstract state; `load_variables` (evaluation) builds its target
+from the checkpoint's metadata, replicated over the current devices. Before restoring, the
+checkpoint's tree (key paths, shapes, dtypes) is compared with the target's, and a
+difference (another model, another mode of a module, another optimiser) is reported by
+key path rather than as orbax's error.
+"""
 
 import os
-from typing import Optional
+from typing import Any, Optional
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from siriib_jax import parallel
 from siriib_jax.numerics import all_finite
 
 
 class CheckpointError(RuntimeError):
   """A checkpoint could not be read; it is left untouched."""
+
+
+def _path_name(path) -> str:
+  """'params/siriib/sr0/orthogonal/kernel' for a JAX key path (dict keys, attributes and
+  sequence indices alike: orbax stores dataclasses and named tuples as dicts, tuples as
+  lists)."""
+  parts = []
+  for key in path:
+    for attribute in ("key", "name", "idx"):
+      if hasattr(key, attribute):
+        parts.append(str(getattr(key, attribute)))
+        break
+    else:
+      parts.append(str(key))
+  return "/".join(parts)
+
+
+def _leaf_specs(tree) -> dict:
+  """{key path: (shape, dtype name)} of the array leaves of `tree` (arrays, abstract arrays
+  or orbax `ArrayMetadata`)."""
+  specs = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    if hasattr(leaf, "shape") and hasattr(leaf, "dtype"):
+      specs[_path_name(path)] = (tuple(leaf.shape), str(leaf.dtype))
+  return specs
+
+
+def describe_mismatch(found, expected, found_name: str = "the checkpoint",
+                      expected_name: str = "the model", limit: int = 6) -> Optional[str]:
+  """What differs between two trees of arrays, by key path; None when they agree.
+
+  Args:
+    found, expected: trees whose leaves have `.shape` and `.dtype` (arrays,
+      `jax.ShapeDtypeStruct`s, orbax metadata).
+    found_name, expected_name: how the message calls them.
+    limit: at most this many paths are listed per kind of difference.
+
+  Returns:
+    None, or one sentence per kind of difference, joined by "; ", e.g. "only the checkpoint
+    has params/siriib/sr0/orthogonal_raw/kernel (1, 1, 3, 12); only the model has
+    params/siriib/sr0/orthogonal/kernel (1, 1, 3, 12)" or "shapes or dtypes differ:
+    params/backbone/head/kernel: the checkpoint (64, 10) float32, the model (64, 100)
+    float32". The model's variables (params, batch_stats) are listed first.
+  """
+  found, expected = _leaf_specs(found), _leaf_specs(expected)
+
+  order = lambda p: (not p.startswith(("params", "batch_stats")), p)  # Variables first.
+
+  def listing(paths, specs):
+    shown = [f"{p} {specs[p][0]}" for p in sorted(paths, key=order)[:limit]]
+    more = len(paths) - len(shown)
+    return ", ".join(shown) + (f" and {more} more" if more > 0 else "")
+
+  only_found = found.keys() - expected.keys()
+  only_expected = expected.keys() - found.keys()
+  differ = sorted((p for p in found.keys() & expected.keys() if found[p] != expected[p]),
+                  key=order)
+  lines = []
+  if only_found:
+    lines.append(f"only {found_name} has {listing(only_found, found)}")
+  if only_expected:
+    lines.append(f"only {expected_name} has {listing(only_expected, expected)}")
+  if differ:
+    lines.append("shapes or dtypes differ: " + "; ".join(
+        f"{p}: {found_name} {found[p][0]} {found[p][1]}, {expected_name} {expected[p][0]} "
+        f"{expected[p][1]}" for p in differ[:limit]) +
+                 (f" and {len(differ) - limit} more" if len(differ) > limit else ""))
+  return "; ".join(lines) if lines else None
+
+
+def _replicated_here() -> jax.sharding.Sharding:
+  """Replicated over every current device (the data mesh of this machine)."""
+  return parallel.replicated(parallel.data_mesh())
+
+
+def _manager(directory: str, **options) -> ocp.CheckpointManager:
+  """A manager of `StandardSave` checkpoints that can also read their metadata."""
+  return ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(**options),
+                               item_handlers=ocp.StandardCheckpointHandler())
 
 
 class Checkpoints:
@@ -27,12 +117,9 @@ class Checkpoints:
   def __init__(self, workdir: str, keep: int):
     root = os.path.join(os.path.abspath(workdir), "checkpoints")
     self.directory = root
-    self.last = ocp.CheckpointManager(
-        os.path.join(root, "last"), options=ocp.CheckpointManagerOptions(max_to_keep=keep))
-    self.best = ocp.CheckpointManager(
-        os.path.join(root, "best"),
-        options=ocp.CheckpointManagerOptions(max_to_keep=1, best_fn=lambda m: m["pgd"],
-                                             best_mode="max"))
+    self.last = _manager(os.path.join(root, "last"), max_to_keep=keep)
+    self.best = _manager(os.path.join(root, "best"), max_to_keep=1,
+                         best_fn=lambda m: m["pgd"], best_mode="max")
     self._best_pgd = None
 
   def best_metric(self) -> float:
@@ -47,7 +134,8 @@ class Checkpoints:
     """The latest `last/` checkpoint as `abstract_state`'s structure and shardings, or None.
 
     Raises:
-      CheckpointError: the checkpoint exists but cannot be read.
+      CheckpointError: the checkpoint exists but cannot be read, or holds another tree than
+        `abstract_state` (the message lists the key paths and shapes that differ).
     """
     step = self.last.latest_step()
     if step is None:
@@ -55,21 +143,46 @@ class Checkpoints:
     return self._restore(self.last, step, abstract_state)
 
   def restore_best(self, abstract_state):
-    """The best checkpoint, or None when there is none."""
+    """The best checkpoint, or None when there is none (errors as `restore_latest`)."""
     step = self.best.best_step()
     return None if step is None else self._restore(self.best, step, abstract_state)
 
   @staticmethod
   def _restore(manager, step, abstract_state):
-    """Restores `step` as `abstract_state` (None: as saved, a tree of dicts)."""
+    """Restores `step` onto `abstract_state`'s structure, shapes and shardings; None: onto
+    the checkpoint's own structure, replicated over the current devices."""
+    path = os.path.join(str(manager.directory), str(step))
+    unreadable = (f"It was left as it is. Move it aside to resume from an earlier "
+                  f"checkpoint, or use a new --workdir to start afresh.")
+    manager.wait_until_finished()  # A save of this step may still be under way.
+    try:
+      saved = manager.item_metadata(step)
+    except Exception as error:  # pylint: disable=broad-except
+      raise CheckpointError(f"The checkpoint of step {step} in {path} has no readable "
+                            f"metadata ({type(error).__name__}: {error}). {unreadable}") from error
+    saved = getattr(saved, "tree", saved)
+    if saved is None:
+      raise CheckpointError(f"The checkpoint of step {step} in {path} has no readable "
+                            f"metadata. {unreadable}")
+    if abstract_state is None:
+      here = _replicated_here()
+      abstract_state = jax.tree.map(
+          lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=here)
+          if hasattr(m, "shape") and hasattr(m, "dtype") else m, saved)
+    else:
+      mismatch = describe_mismatch(saved, abstract_state, "the checkpoint", "this run")
+      if mismatch:
+        raise CheckpointError(
+            f"The checkpoint of step {step} in {path} was written by another model or "
+            f"configuration than this run's: {mismatch}. It was left as it is. Use the "
+            f"config it was trained with (e.g. the same model, model.siriib settings and "
+            f"optimizer), or a new --workdir to start afresh.")
     try:
       return manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
     except Exception as error:  # pylint: disable=broad-except
-      path = os.path.join(str(manager.directory), str(step))
       raise CheckpointError(
           f"The checkpoint of step {step} in {path} cannot be read ({type(error).__name__}: "
-          f"{error}). It was left as it is. Move it aside to resume from an earlier "
-          f"checkpoint, or use a new --workdir to start afresh.") from error
+          f"{error}). {unreadable}") from error
 
   def save_last(self, step: int, state) -> None:
     """Saves `state` as the latest checkpoint; refuses a non-finite state."""
@@ -92,17 +205,24 @@ class Checkpoints:
     self.best.close()
 
 
-def load_variables(workdir: str, which: str = "best") -> tuple[dict, int]:
-  """The model variables `{'params', 'batch_stats'}` of a run, for evaluation.
+def load_variables(workdir: str, which: str = "best",
+                   expected: Optional[Any] = None) -> tuple[dict, int]:
+  """The model variables `{'params', 'batch_stats'}` of a run, for evaluation, replicated
+  over the current devices whatever the device count of the run that saved them.
 
   Args:
     workdir: the training run's directory.
     which: "best" (highest validation PGD accuracy; falls back to "last" when the run has
       no validation split) or "last".
+    expected: optional, the variables the configured model expects: a tree
+      `{'params', 'batch_stats'}` of arrays or `jax.ShapeDtypeStruct`s (e.g.
+      `jax.eval_shape(model.init, key, images)`). When given, a checkpoint of another
+      model or mode is refused with the key paths and shapes that differ.
   Returns:
     (variables, step).
   Raises:
-    CheckpointError: there is no checkpoint, or it cannot be read.
+    CheckpointError: there is no checkpoint, it cannot be read, or its variables differ
+      from `expected`.
   """
   if which not in ("best", "last"):
     raise ValueError(f"which must be 'best' or 'last', got {which!r}")
@@ -111,12 +231,22 @@ def load_variables(workdir: str, which: str = "best") -> tuple[dict, int]:
     directory = os.path.join(root, name)
     if not os.path.isdir(directory):
       continue
-    manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(
-        read_only=True, best_fn=(lambda m: m["pgd"]) if name == "best" else None))
+    manager = _manager(directory, read_only=True,
+                       best_fn=(lambda m: m["pgd"]) if name == "best" else None)
     step = manager.best_step() if name == "best" else manager.latest_step()
     if step is None:
       continue
     restored = Checkpoints._restore(manager, step, None)  # pylint: disable=protected-access
-    return {"params": restored["params"], "batch_stats": restored["batch_stats"]}, step
+    variables = {"params": restored["params"], "batch_stats": restored["batch_stats"]}
+    if expected is not None:
+      expected = {"params": expected["params"], "batch_stats": expected.get("batch_stats", {})}
+      mismatch = describe_mismatch(variables, expected, "the checkpoint", "the model")
+      if mismatch:
+        raise CheckpointError(
+            f"The checkpoint of step {step} in {os.path.join(directory, str(step))} holds "
+            f"the variables of another model or mode than the configured one: {mismatch}. "
+            f"Evaluate it with the config it was trained with (same model, "
+            f"model.siriib settings and dataset).")
+    return variables, step
   raise CheckpointError(f"No checkpoint in {root}: train first, or pass the --workdir of a "
                         f"training run.")
