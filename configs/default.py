@@ -56,8 +56,9 @@ def get_config() -> ml_collections.ConfigDict:
   # How W of the SR blocks' y = x · W (3 × orth_channels) keeps orthonormal rows, the
   # isometry of paper §3.2: "exact", by construction (W = polar factor of an unconstrained
   # parameter; R_τ is then ~0 and only logged); "penalty", a free W pulled towards them by
-  # λ2 R_τ in the loss. Checkpoints of one mode do not load in the other.
-  config.model.siriib.orthogonality = "penalty"
+  # λ2 R_τ in the loss (for ablation; README "Model" says why "exact" is the default).
+  # Checkpoints of one mode do not load in the other.
+  config.model.siriib.orthogonality = "exact"
 
   # L = L_ori + λ1 (L_svd + L_info) + λ2 R_τ (paper §4.2).
   config.loss = ml_collections.ConfigDict()

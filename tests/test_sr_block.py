@@ -36,7 +36,7 @@ def _stats(params):
 @pytest.fixture
 def sr_params():
   x = jnp.zeros((1, 8, 8, 3))
-  return SRBlock().init(jax.random.key(0), x, train=False)["params"]
+  return SRBlock(orthogonality="penalty").init(jax.random.key(0), x, train=False)["params"]
 
 
 def test_orthonormal_rows_keep_singular_values_and_random_rows_do_not(sr_params):
@@ -90,8 +90,9 @@ def test_identity_amplitude_conv_in_the_block_returns_the_input(sr_params):
   x = jax.random.uniform(jax.random.key(3), (2, 8, 8, 3))
   params = flax.core.copy(sr_params, {
       "amplitude": {"kernel": jnp.eye(12).reshape(1, 1, 12, 12), "bias": jnp.zeros(12)}})
-  _, state = SRBlock().apply({"params": params, "batch_stats": _stats(params)}, x,
-                             train=False, capture_intermediates=True, mutable=["intermediates"])
+  _, state = SRBlock(orthogonality="penalty").apply(
+      {"params": params, "batch_stats": _stats(params)}, x, train=False,
+      capture_intermediates=True, mutable=["intermediates"])
   y = state["intermediates"]["orthogonal"]["__call__"][0]
   fuse_input = jnp.concatenate([y, y], axis=-1)
   # fuse(concat[y, z]) with z == y: compare against the block's fuse conv on [y, y].

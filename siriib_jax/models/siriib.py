@@ -93,7 +93,7 @@ class SRBlock(nn.Module):
   orth_channels: int = 12
   fft_eps: float = 1e-8
   dtype: jnp.dtype = jnp.float32
-  orthogonality: str = "penalty"
+  orthogonality: str = "exact"
 
   @nn.compact
   def __call__(self, x, train: bool):
@@ -217,7 +217,7 @@ class SiRIIB(nn.Module):
   fft_eps: float = 1e-8
   width_multiplier: float = 1.0
   dtype: jnp.dtype = jnp.float32
-  orthogonality: str = "penalty"
+  orthogonality: str = "exact"
 
   @nn.compact
   def __call__(self, x, targets: Sequence[SkipTarget], train: bool = False):
