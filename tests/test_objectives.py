@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from siriib_jax.attacks import apgd, apgd_targeted, autoattack
+from siriib_jax.attacks import apgd, apgd_targeted, autoattack, fab_targeted
 from siriib_jax.attacks.objectives import (ClassCountError, cw_margin, dlr, dlr_targeted,
                                            min_classes)
 from tests.helpers import linear_problem
@@ -89,12 +89,18 @@ def test_autoattack_leaves_out_what_the_classes_do_not_define_and_is_exact(class
   np.testing.assert_array_equal(result.success, ~robust(w, b, x, y, eps, "linf"))
 
 
-def test_apgd_t_single_target_beyond_the_last_rank_attacks_nothing():
+@pytest.mark.parametrize("make", [lambda eps: apgd_targeted(eps, steps=20),
+                                  lambda eps: fab_targeted(eps, steps=20)],
+                         ids=["apgd-t", "fab-t"])
+def test_single_target_outside_the_ranks_attacks_nothing(make):
+  """With 4 classes the targets are ranks 1 … 3: rank 3 attacks, ranks 4 and 0 (which an
+  out-of-range index, clamped under jit, would turn into rank 3 and the true class) do
+  not."""
   w, b, x, y, eps, _ = linear_problem(4, "linf", n=32, seed=4)
-  single = jax.jit(apgd_targeted(eps, steps=20).single_target)
+  single = jax.jit(make(3 * eps).single_target)  # The least likely class is then in reach.
   results = [single(_logits_fn(w, b), x, y, jax.random.key(0), np.int32(rank))
              for rank in (3, 4, 0)]
-  assert np.asarray(results[0].success).any()  # Rank 3 = K − 1, the last target: attacks.
-  for result in results[1:]:  # Ranks 4 and 0 do not exist: nothing is attacked.
+  assert np.asarray(results[0].success).any()
+  for result in results[1:]:
     assert not np.asarray(result.success).any()
     np.testing.assert_array_equal(result.x_adv, x)

@@ -133,7 +133,7 @@ def fab_targeted(eps: float, norm: str = "linf", steps: int = 100, restarts: int
     A `TargetedAttack`; its `x_adv` is x where no adversarial within ε was found, and
     `success` is `argmax logits_fn(x_adv) ≠ y`. `single_target(…, rank)` makes the
     `restarts` runs against the class ranked `rank` + 1 alone (the same runs, keys included,
-    as in the call over all targets).
+    as in the call over all targets); a rank outside 1 … K − 1 attacks nothing (x_adv = x).
   """
   if norm not in NORMS:
     raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
@@ -178,9 +178,11 @@ def fab_targeted(eps: float, norm: str = "linf", steps: int = 100, restarts: int
       all_fooled = jnp.all(clean_wrong | (best[1] <= eps))
       return lax.cond(all_fooled, lambda best: best, attack_run, best)
 
+    # Ranks outside 1 … K − 1 are not attacked (an empty loop), never read out of range.
+    start = (jnp.maximum(first_rank, 1) - 1) * restarts
     end = jnp.minimum(last_rank, num_classes - 1) * restarts
     best_adv, best_norm = lax.fori_loop(
-        (first_rank - 1) * restarts, end, run, (x0, jnp.full((batch,), jnp.inf, x0.dtype)))
+        start, end, run, (x0, jnp.full((batch,), jnp.inf, x0.dtype)))
     x_adv = jnp.where((best_norm <= eps)[:, None], best_adv, x0).reshape(x.shape)
     success = jnp.argmax(logits_fn(x_adv), axis=-1) != y
     return AttackResult(x_adv, success)
