@@ -127,6 +127,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.evaluation.adaptive_steps = 20
   config.evaluation.square_queries = 5000  # Square alone and in AutoAttack (standard: 5000).
   config.evaluation.unroll = False  # Step loops of pgd<N> / cw<N>: rolled (fast compile).
+  # Per attack, workdir/evaluation/<attack>.npz: x_adv, clean and adversarial predictions,
+  # per-point robust flags, labels and indices (docs/evaluation.md, "Saved examples").
+  config.evaluation.save_examples = False
   # The gradient-masking checklist (siriib_jax/evaluation/checklist.py).
   config.evaluation.checklist = ml_collections.ConfigDict()
   config.evaluation.checklist.large_eps = 64 / 255  # 0 = skip the large-ε run.

@@ -69,7 +69,8 @@ def validate_cross_block_config(config: ml_collections.ConfigDict) -> None:
 
 def validate_evaluation_config(config: ml_collections.ConfigDict) -> None:
   """Checks the attack names of `evaluation.attacks` and `final_eval_attacks` (parsed, not
-  built), the evaluation batch size, and the cross-block rules."""
+  built), the evaluation batch size, `evaluation.save_examples` (a bool), and the
+  cross-block rules."""
   for key in ("evaluation.attacks", "final_eval_attacks"):
     names = config.evaluation.attacks if key == "evaluation.attacks" else config.final_eval_attacks
     for name in names:
@@ -80,6 +81,9 @@ def validate_evaluation_config(config: ml_collections.ConfigDict) -> None:
       except (ValueError, KeyError) as error:
         fail(key, tuple(names), f"{name!r} is not an attack ({error}); see docs/evaluation.md")
   _positive_int(config.evaluation, "batch_size", prefix="evaluation.")
+  if not isinstance(config.evaluation.save_examples, bool):
+    fail("evaluation.save_examples", config.evaluation.save_examples,
+         "it must be True or False (write workdir/evaluation/<attack>.npz)")
   validate_cross_block_config(config)
 
 

@@ -131,3 +131,29 @@ class SiriibLike(nn.Module):
     feature = nn.Conv(4, (3, 3))(x_avg)
     hidden = jnp.concatenate([x, feature], axis=-1).reshape(x.shape[0], -1)
     return ModelOutput(nn.Dense(10)(hidden), x_avg, (feature,))
+
+
+def linear_attack_problem(n: int = 24, wrong: int = 3, seed: int = 0):
+  """For the only-the-robust-points tests: a linear 10-class model (`linear_problem`, L∞,
+  4×4×3 images) as a `Partial` logits function, n points of which the first `wrong` are
+  relabelled (clean errors), and ε at the median critical ε (about half the rest break).
+
+  Returns:
+    (logits_fn, x (n, 4, 4, 3) float32, y (n,), eps, clean_correct (n,) bool).
+  """
+  from tests.linear_oracle import linear_logits  # pylint: disable=g-import-not-at-top
+  w, b, x, y, eps, _ = linear_problem(10, "linf", n=n, seed=seed)
+  y = y.copy()
+  y[:wrong] = (y[:wrong] + 1) % 10
+  fn = jax.tree_util.Partial(linear_logits, jnp.asarray(w), jnp.asarray(b))
+  clean_correct = np.argmax(np.asarray(fn(x)), axis=1) == y
+  return fn, x, y, eps, clean_correct
+
+
+def assert_same_per_point(robust_only, every_point, clean_correct):
+  """Two `batching.Outcome`s of one attack with the same key — only the robust points
+  attacked, and every point — give the same success flags and the same x_adv on the
+  points broken (clean errors keep x in both)."""
+  np.testing.assert_array_equal(robust_only.success, every_point.success)
+  broken = robust_only.success & clean_correct
+  np.testing.assert_array_equal(robust_only.x_adv[broken], every_point.x_adv[broken])

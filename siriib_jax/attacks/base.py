@@ -5,6 +5,8 @@ returns an `Attack`, a pure function `(logits_fn, x, y, key) -> AttackResult` th
 to call inside `jax.jit` and deterministic for a PRNG `key`. Targeted attacks (APGD-T,
 FAB-T) return a `TargetedAttack`: such an `Attack` that also exposes its run against one
 target class, so that AutoAttack can attack each target only on the points still robust.
+A query-based attack (Square) returns a `QueryAttack`: an `Attack` whose query loop can
+also be run in segments, so that the points still to attack can be gathered between them.
 
 An attack defined only for K ≥ k classes (one whose loss reads the k-th largest logit, e.g.
 APGD-DLR, APGD-T) says so in `min_classes` (`required_classes` reads it; 2 by default) and
@@ -65,3 +67,48 @@ class TargetedAttack:
   def __call__(self, logits_fn: LogitsFn, x: jnp.ndarray, y: jnp.ndarray,
                key: jax.Array) -> AttackResult:
     return self.all_targets(logits_fn, x, y, key)
+
+
+class SearchState(NamedTuple):
+  """The per-point state of one restart of a query loop (`QueryAttack`).
+
+  x: (B, H, W, C) the best point found so far; margin: (B,) its margin
+  z_y − max_{j≠y} z_j (> 0 while the point is still classified correctly); invalid: (B,)
+  bool, a NaN margin was met on the point."""
+  x: jnp.ndarray
+  margin: jnp.ndarray
+  invalid: jnp.ndarray
+
+
+@dataclasses.dataclass(frozen=True)
+class QueryAttack:
+  """An `Attack` made of a query loop that can stop and resume (Square).
+
+  Calling the object runs every restart to the end (`all_queries`). The pieces let a
+  host-side runner run the same iterations in segments, each on the points still to attack
+  (`autoattack.attack_points`); every iteration of a point draws its randomness from its
+  own key and iteration number, so the segments give the result of one loop.
+
+  Attributes:
+    all_queries: the `Attack` over every restart and query.
+    margin: `(logits_fn, x, y) -> (B,)` the margin z_y − max_{j≠y} z_j the loop lowers.
+    begin: `(logits_fn, x, y, key, restart) -> SearchState`, the start of restart
+      `restart` (an int32 scalar, traced) on every point of the batch.
+    advance: `(logits_fn, x, y, key, restart, state, start, stop) -> SearchState`,
+      iterations start … stop − 1 (int32 scalars, traced) of that restart; a point stops
+      once misclassified.
+    queries: iterations per restart.
+    restarts: restarts; restart r attacks the points whose best margin over restarts
+      0 … r − 1 (the clean margin for r = 0) is still > 0, and a point keeps the lowest
+      margin over restarts.
+  """
+  all_queries: Attack
+  margin: Callable[..., jnp.ndarray]
+  begin: Callable[..., SearchState]
+  advance: Callable[..., SearchState]
+  queries: int
+  restarts: int
+
+  def __call__(self, logits_fn: LogitsFn, x: jnp.ndarray, y: jnp.ndarray,
+               key: jax.Array) -> AttackResult:
+    return self.all_queries(logits_fn, x, y, key)

@@ -31,6 +31,10 @@ Deviations from the reference implementation (fra31/auto-attack, `square.py`):
     zero", so every such point would otherwise look broken-through or done.
   * Restarts run inside one `lax.fori_loop`; each attacks only the points still correctly
     classified, and the lowest-margin point over the restarts is returned.
+  * The query loop can also be run in segments (`base.QueryAttack`: `begin`, `advance`),
+    iteration i of a restart drawing from `fold_in(key, i)` in whichever segment it runs:
+    the evaluation gathers the points still to attack between segments, as the reference
+    queries only the points not yet broken.
 """
 
 import functools
@@ -41,7 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from siriib_jax.attacks.base import Attack, AttackResult, LogitsFn
+from siriib_jax.attacks.base import AttackResult, LogitsFn, QueryAttack, SearchState
 from siriib_jax.attacks.objectives import cw_margin
 from siriib_jax.attacks.projections import NORMS, per_example_norm
 
@@ -252,26 +256,35 @@ def _proposal_fn(x_shape, queries: int, p_init: float, eps: float, norm: str):
                                                 bumps[level_of_iter[i]], eps)
 
 
-def _search(logits_fn: LogitsFn, x: jnp.ndarray, y: jnp.ndarray, key: jax.Array,
-            attacked: jnp.ndarray, init_fn, proposal_fn, queries: int):
-  """One restart of the random search (Algorithm 1) on the `attacked` (B,) points.
-
-  Returns:
-    x_best (B, H, W, C), its margin (B,), and (B,) bool: a NaN margin was met on the point.
-  """
-  k_init, k_loop = jax.random.split(key)
+def _begin(logits_fn: LogitsFn, x: jnp.ndarray, y: jnp.ndarray, key_run: jax.Array,
+           attacked: jnp.ndarray, init_fn) -> SearchState:
+  """The start of one restart (Algorithm 1, line 1) on the `attacked` (B,) points: the
+  initial perturbation and its margin; `invalid` where that margin is NaN."""
+  k_init, _ = jax.random.split(key_run)
   x_best = init_fn(k_init, x)
   margin = _margin(logits_fn, x_best, y)
+  return SearchState(x_best, margin, attacked & jnp.isnan(margin))
+
+
+def _advance(logits_fn: LogitsFn, x: jnp.ndarray, y: jnp.ndarray, key_run: jax.Array,
+             state: SearchState, attacked: jnp.ndarray, start, stop,
+             proposal_fn) -> SearchState:
+  """Iterations start … stop − 1 of one restart of the random search (Algorithm 1) on the
+  `attacked` (B,) points, from `state`; a point stops once misclassified (margin ≤ 0), and
+  the loop once no point is left or a NaN margin was met. Iteration i draws its proposal
+  from `fold_in(key_loop, i)` whatever the segment it runs in, so running the iterations
+  in several segments gives the same result as one loop."""
+  _, k_loop = jax.random.split(key_run)
 
   def active(margin):
     return attacked & (margin > 0)
 
-  def keep_going(state):
-    i, _, margin, nan = state
-    return (i < queries) & jnp.any(active(margin)) & ~jnp.any(nan)
+  def keep_going(carry):
+    i, _, margin, nan = carry
+    return (i < stop) & jnp.any(active(margin)) & ~jnp.any(nan)
 
-  def step(state):
-    i, x_best, margin, nan = state
+  def step(carry):
+    i, x_best, margin, nan = carry
     x_new = proposal_fn(jax.random.fold_in(k_loop, i), i, x, x_best)
     new_margin = _margin(logits_fn, x_new, y)
     accept = active(margin) & (new_margin < margin)
@@ -279,13 +292,13 @@ def _search(logits_fn: LogitsFn, x: jnp.ndarray, y: jnp.ndarray, key: jax.Array,
     nan = nan | (active(margin) & jnp.isnan(new_margin))
     return i + 1, x_best, jnp.where(accept, new_margin, margin), nan
 
-  state = (0, x_best, margin, attacked & jnp.isnan(margin))
-  _, x_best, margin, nan = lax.while_loop(keep_going, step, state)
-  return x_best, margin, nan
+  carry = (jnp.asarray(start, jnp.int32), *state)
+  _, x_best, margin, nan = lax.while_loop(keep_going, step, carry)
+  return SearchState(x_best, margin, nan)
 
 
 def square(eps: float, norm: str = "linf", queries: int = 5000, p_init: float = 0.8,
-           restarts: int = 1) -> Attack:
+           restarts: int = 1) -> QueryAttack:
   """Square Attack as run by AutoAttack (standard: 5000 queries, p_init 0.8, 1 restart).
 
   Args:
@@ -298,7 +311,9 @@ def square(eps: float, norm: str = "linf", queries: int = 5000, p_init: float = 
       correctly.
 
   Returns:
-    An `Attack` on images x (B, H, W, C) of any height and width ≥ 1; `x_adv` is the
+    A `base.QueryAttack`: an `Attack` whose query loop can also run in segments, each on
+    the points still to attack (as the evaluation runs it: `autoattack.attack_points`).
+    On images x (B, H, W, C) of any height and width ≥ 1, `x_adv` is the
     lowest-margin point found (x itself for points already misclassified), and `success` is
     `argmax logits_fn(x_adv) ≠ y`.
 
@@ -315,6 +330,17 @@ def square(eps: float, norm: str = "linf", queries: int = 5000, p_init: float = 
     raise ValueError(f"p_init is a fraction of the pixels, in (0, 1]; got {p_init}")
   init = functools.partial(_linf_init if norm == "linf" else _l2_init, eps=eps)
 
+  def begin(logits_fn: LogitsFn, x, y, key, restart) -> SearchState:
+    attacked = jnp.ones(y.shape, bool)
+    return _begin(logits_fn, x, y, jax.random.fold_in(key, restart), attacked, init)
+
+  def advance(logits_fn: LogitsFn, x, y, key, restart, state: SearchState, start,
+              stop) -> SearchState:
+    proposal = _proposal_fn(x.shape, queries, p_init, eps, norm)
+    attacked = jnp.ones(y.shape, bool)
+    return _advance(logits_fn, x, y, jax.random.fold_in(key, restart), state, attacked,
+                    start, stop, proposal)
+
   def attack(logits_fn: LogitsFn, x: jnp.ndarray, y: jnp.ndarray,
              key: jax.Array) -> AttackResult:
     proposal = _proposal_fn(x.shape, queries, p_init, eps, norm)
@@ -322,11 +348,12 @@ def square(eps: float, norm: str = "linf", queries: int = 5000, p_init: float = 
     def restart(r, best):
       x_best, margin, nan = best
       attacked = margin > 0
-      x_run, run_margin, run_nan = _search(logits_fn, x, y, jax.random.fold_in(key, r),
-                                           attacked, init, proposal, queries)
-      better = attacked & (run_margin < margin)
-      return (jnp.where(better[:, None, None, None], x_run, x_best),
-              jnp.where(better, run_margin, margin), nan | run_nan)
+      key_run = jax.random.fold_in(key, r)
+      run = _begin(logits_fn, x, y, key_run, attacked, init)
+      run = _advance(logits_fn, x, y, key_run, run, attacked, 0, queries, proposal)
+      better = attacked & (run.margin < margin)
+      return (jnp.where(better[:, None, None, None], run.x, x_best),
+              jnp.where(better, run.margin, margin), nan | run.invalid)
 
     margin = _margin(logits_fn, x, y)
     x_adv, _, nan = lax.fori_loop(0, restarts, restart, (x, margin, jnp.isnan(margin)))
@@ -334,4 +361,4 @@ def square(eps: float, norm: str = "linf", queries: int = 5000, p_init: float = 
     success = jnp.argmax(logits_fn(x_adv), axis=-1) != y
     return AttackResult(x_adv, success)
 
-  return attack
+  return QueryAttack(attack, _margin, begin, advance, queries, restarts)

@@ -1,20 +1,27 @@
-"""Running attacks over a set of test points in fixed-size batches (host loop).
+"""Running attacks over a set of test points (host loop).
 
-Every jittable attack compiles once: the last batch is padded, by repeating its first
-point, to the batch size (or to N when there are fewer points, so that a small subset does
-not pay for a large batch), and the padding is dropped from the results. `AutoAttack`
-(host-side) gets the real points only and buckets them itself.
+`predict` runs in fixed-size batches: the last batch is padded, by repeating its first
+point, to the batch size (or to N when there are fewer points), and the padding is dropped.
+`run_attack` runs an attack only on the points still robust — correctly classified and not
+yet broken — through AutoAttack's machinery (`attacks.autoattack.attack_points`: chunks of
+at most the batch size padded to a few sizes, targeted attacks target by target, Square's
+queries in segments each on the points still in the loop), every point attacked alone with
+its own key, so that the result is, point by point, that of attacking every point.
 """
 
 import time
 import zlib
-from typing import Iterator, NamedTuple, Optional
+from typing import Callable, Iterator, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 
-from siriib_jax.attacks.autoattack import AutoAttack, ComponentResult
+from siriib_jax import parallel
+
+from siriib_jax.attacks.autoattack import (COMPACT_EVERY, AutoAttack, ComponentResult, Progress,
+                                          attack_points)
 from siriib_jax.data import InputPipeline
 
 
@@ -40,14 +47,22 @@ def select_points(data: InputPipeline, subset_size: int = 0, seed: int = 0,
   return np.concatenate(images), np.concatenate(labels)
 
 
-def batches(n: int, batch_size: int) -> Iterator[tuple[int, np.ndarray]]:
-  """`(i, indices)` of batch i: `min(batch_size, n)` indices into n points, the last batch
-  padded by repeating its first index. Slice results with
-  `[:min(batch_size, n - i * batch_size)]`."""
+def batches(n: int, batch_size: int, multiple: int = 1) -> Iterator[tuple[int, np.ndarray]]:
+  """`(i, indices)` of batch i: `min(batch_size, n)` indices into n points (rounded up to a
+  multiple of `multiple`, the devices a batch is sharded over), the last batch padded by
+  repeating its first index. Slice results with `[:min(batch_size, n - i * batch_size)]`."""
   batch_size = min(batch_size, n)
+  padded = -(-batch_size // multiple) * multiple
   for i, start in enumerate(range(0, n, batch_size)):
     index = np.arange(start, min(start + batch_size, n))
-    yield i, np.concatenate([index, np.full(batch_size - len(index), start)])
+    yield i, np.concatenate([index, np.full(padded - len(index), start)])
+
+
+def evaluation_mesh() -> Mesh:
+  """The mesh an evaluation shards its points over: training's data mesh
+  (`parallel.data_mesh`) over this host's devices, as each host evaluates its own points
+  (`select_points` returns this host's share)."""
+  return parallel.data_mesh(jax.local_devices())
 
 
 def attack_key(seed: int, name: str) -> jax.Array:
@@ -61,18 +76,26 @@ def _predict(fn, x):
   return jnp.argmax(fn(x), axis=-1)
 
 
-def predict(logits_fn, images: np.ndarray, batch_size: int) -> np.ndarray:
-  """(N,) predicted classes of `images` (N, H, W, C) float in [0, 1]."""
+def predict(logits_fn, images: np.ndarray, batch_size: int,
+            mesh: Optional[Mesh] = None) -> np.ndarray:
+  """(N,) predicted classes of `images` (N, H, W, C) float in [0, 1], in batches of
+  `batch_size` (sharded over `mesh`'s `data` axis when given)."""
   out = np.empty(len(images), np.int64)
-  for _, index in batches(len(images), batch_size):
-    out[index] = np.asarray(_predict(logits_fn, images[index]))
+  multiple = mesh.size if mesh is not None else 1
+  for i, index in batches(len(images), batch_size, multiple):
+    batch = images[index]
+    if mesh is not None:
+      batch = jax.device_put(batch, parallel.batch_sharded(mesh))
+    real = min(batch_size, len(images) - i * batch_size)
+    out[index[:real]] = np.asarray(_predict(logits_fn, batch))[:real]
   return out
 
 
 class Outcome(NamedTuple):
-  """One attack on N points: x_adv (N, H, W, C) float32; success (N,) bool,
-  misclassified at x_adv; components: AutoAttack's name -> `ComponentResult` (None for
-  other attacks); seconds: wall time, compilation included."""
+  """One attack on N points: x_adv (N, H, W, C) float32 (x where the point was not
+  attacked: a clean error, or for AutoAttack a point no component broke); success (N,)
+  bool, misclassified at x_adv (clean errors included); components: AutoAttack's name ->
+  `ComponentResult` (None for other attacks); seconds: wall time, compilation included."""
   x_adv: np.ndarray
   success: np.ndarray
   components: Optional[dict[str, ComponentResult]]
@@ -80,29 +103,42 @@ class Outcome(NamedTuple):
 
 
 def run_attack(attack, fn, images: np.ndarray, labels: np.ndarray, key: jax.Array,
-               batch_size: int) -> Outcome:
-  """Runs `attack(fn, x, y, key)` over `images` (N, H, W, C) float in [0, 1], `labels`
-  (N,), batch by batch (batch i with `fold_in(key, i)`).
+               batch_size: int, clean_correct: Optional[np.ndarray] = None, *,
+               only_robust: bool = True, compact_every: int = COMPACT_EVERY, mesh=None,
+               progress: Optional[Callable[[str, Progress], None]] = None) -> Outcome:
+  """Runs `attack(fn, x, y, key)` on `images` (N, H, W, C) float in [0, 1], `labels` (N,).
 
-  `attack` is a jittable `Attack` (or `adaptive.adaptive_pgd`), or an `AutoAttack`; `fn` is
-  what it attacks (a `jax.tree_util.Partial`, so that it is a jit argument).
+  Only the points of `clean_correct` (default: computed with `predict`) are attacked, and
+  each target of a targeted attack, and each segment of Square's queries, only on the
+  points not yet broken; point j draws from `fold_in(key, j)` (for AutoAttack, from its
+  component's and target's key folded likewise: `attacks/autoattack.py`). Each point being
+  attacked alone, `only_robust=False` — every point attacked by every target, query and
+  component — gives the same success flags, and the same x_adv on the broken points.
+
+  Args:
+    attack: a jittable `Attack`, `TargetedAttack` or `QueryAttack` (or
+      `adaptive.adaptive_pgd`), or an `AutoAttack`.
+    fn: what it attacks (a `jax.tree_util.Partial`, so that it is a jit argument).
+    batch_size: the largest chunk of points an attack sees at once.
+    clean_correct: (N,) bool, the points the model classifies correctly.
+    only_robust: False to attack every point (for checking the default).
+    compact_every: Square alone gathers the points still to attack every this many
+      queries (AutoAttack's Square: the ensemble's own `compact_every`).
+    mesh: shard each chunk over this mesh's `data` axis (`parallel.data_mesh`).
+    progress: called with (AutoAttack's component name or '', `Progress`) during the run.
   """
   started = time.time()
-  host_side = isinstance(attack, AutoAttack)
-  run = attack if host_side else jax.jit(attack)  # Cached by `attack`: a rerun reuses it.
-  x_adv, success = images.astype(np.float32), np.zeros(len(images), bool)
-  parts: dict[str, list] = {}
-  for i, index in batches(len(images), batch_size):
-    index = index[:min(batch_size, len(images) - i * batch_size)] if host_side else index
-    result = run(fn, images[index], labels[index], jax.random.fold_in(key, i))
-    real = slice(0, min(batch_size, len(images) - i * batch_size))
-    x_adv[index[real]] = np.asarray(result.x_adv)[real]
-    success[index[real]] = np.asarray(result.success)[real]
-    if host_side:
-      for name, component in result.components.items():
-        parts.setdefault(name, []).append(component)
-  components = {name: ComponentResult(np.concatenate([c.attacked for c in chunks]),
-                                      np.concatenate([c.success for c in chunks]),
-                                      sum(c.seconds for c in chunks))
-                for name, chunks in parts.items()} if host_side else None
-  return Outcome(x_adv, success, components, time.time() - started)
+  x = np.asarray(images, np.float32)
+  y = np.asarray(labels)
+  if isinstance(attack, AutoAttack):
+    result = attack(fn, x, y, key, only_robust=only_robust, mesh=mesh, progress=progress)
+    return Outcome(result.x_adv, result.success, result.components, time.time() - started)
+  if clean_correct is None:
+    clean_correct = predict(fn, x, batch_size, mesh) == y
+  success, x_adv = ~clean_correct, x.copy()
+  todo = clean_correct if only_robust else np.ones(len(x), bool)
+  report = None if progress is None else (lambda p: progress("", p))
+  attack_points(attack, fn, x, y, key, todo, success, x_adv, bucket=batch_size,
+                broken_only=False, only_robust=only_robust, compact_every=compact_every,
+                mesh=mesh, progress=report)
+  return Outcome(x_adv, success, None, time.time() - started)

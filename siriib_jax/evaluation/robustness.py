@@ -4,8 +4,13 @@ SPEC §5). See docs/evaluation.md.
 
 A point counts as robust to an attack when the model classifies both x and the attack's
 x_adv correctly (x is itself in the ball), so every robust accuracy is ≤ the clean one.
+Every attack runs only on the points still robust (`batching.run_attack`), logs its
+progress (`progress.ProgressLog`) and, with `evaluation.save_examples`, leaves its x_adv,
+predictions and flags in `<directory>/<attack>.npz` (`save_examples`).
 """
 
+import os
+import re
 from typing import Optional, Sequence, Union
 
 import jax
@@ -16,7 +21,10 @@ from siriib_jax.data import InputPipeline
 from siriib_jax.evaluation import adaptive as adaptive_lib
 from siriib_jax.evaluation.checklist import run_checklist
 from siriib_jax.evaluation.report import Report, Row, to_markdown, write_report
-from siriib_jax.evaluation.batching import attack_key, predict, run_attack, select_points
+from siriib_jax import parallel
+from siriib_jax.evaluation.batching import (Outcome, attack_key, evaluation_mesh, predict,
+                                            run_attack, select_points)
+from siriib_jax.evaluation.progress import ProgressLog
 from siriib_jax.evaluation.attack_specs import AttackSpec, build_attack, parse_spec
 from siriib_jax.models.model_fn import logits_fn, outputs_fn
 
@@ -64,6 +72,37 @@ def _cascade(components, clean_correct) -> dict:
   return out
 
 
+def examples_path(directory: str, name: str) -> str:
+  """`<directory>/<name>.npz`, with any character other than letters, digits, `-`, `_`
+  and `.` of the attack's name replaced by `_` (`adaptive:ce+svd` → `adaptive_ce_svd`)."""
+  return os.path.join(directory, re.sub(r"[^A-Za-z0-9_.-]", "_", name) + ".npz")
+
+
+def save_examples(path: str, outcome: Outcome, fn, y: np.ndarray,
+                  clean_prediction: np.ndarray, batch_size: int, mesh=None) -> None:
+  """Writes one attack's per-point results to `path` (NumPy `.npz`):
+
+  * `x_adv`: (N, H, W, C) float32 in [0, 1], the attack's point (x itself where it did not
+    run: clean errors; for AutoAttack also the points no component broke);
+  * `clean_prediction`, `adversarial_prediction`: (N,) int64, the model's classes on x and
+    on x_adv (`predict`, in batches of `batch_size`);
+  * `robust`: (N,) bool, classified correctly at x and not broken by the attack (the
+    report's robust accuracy is its mean);
+  * `label`: (N,) int32; `index`: (N,) int64, the point's position among the evaluated
+    points (`load_points` order).
+
+  `robust` is the attack's own verdict; re-predicting x_adv gives
+  `robust == (clean_prediction == label) & (adversarial_prediction == label)` except for a
+  point whose x_adv lies within float rounding of a decision boundary (FAB-T's minimal
+  perturbations end right past it).
+  """
+  robust = (clean_prediction == y) & ~outcome.success
+  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+  np.savez(path, x_adv=outcome.x_adv, clean_prediction=clean_prediction,
+           adversarial_prediction=predict(fn, outcome.x_adv, batch_size, mesh), robust=robust,
+           label=y, index=np.arange(len(y)))
+
+
 def _selection(data: Points, evaluation, subset_size: Optional[int]) -> str:
   if not isinstance(data, InputPipeline):
     return "given points"
@@ -75,7 +114,8 @@ def evaluate_robustness(model, variables, config: ml_collections.ConfigDict, dat
                         attacks: Optional[Sequence[str]] = None,
                         subset_size: Optional[int] = None,
                         directory: Optional[str] = None,
-                        meta: Optional[dict] = None) -> Report:
+                        meta: Optional[dict] = None, writer=None, mesh=None,
+                        only_robust: bool = True) -> Report:
   """Evaluates `model` with `variables` under `config.evaluation`'s attacks.
 
   Args:
@@ -86,8 +126,18 @@ def evaluate_robustness(model, variables, config: ml_collections.ConfigDict, dat
     data: an `InputPipeline` (its test split) or `(images (N, H, W, C), labels (N,))`.
     attacks: names (see `attack_specs`; `clean`, `adaptive`), default `evaluation.attacks`.
     subset_size: for an `InputPipeline`, overrides `evaluation.subset_size` (0 = all).
-    directory: if given, `robustness.json` / `.md` are written there and the table printed.
+    directory: if given, `robustness.json` / `.md` are written there and the table
+      printed; with `evaluation.save_examples`, also `<attack>.npz` per attack
+      (`save_examples`).
     meta: extra entries for the report's `meta` (e.g. checkpoint and step).
+    writer: a clu `MetricWriter` for the progress scalars (`progress.ProgressLog`); the
+      progress is logged (absl, INFO) in any case.
+    mesh: each chunk of points (AutoAttack's included) is sharded over this mesh's `data`
+      axis, the variables replicated; default `batching.evaluation_mesh()`, training's
+      data mesh over this host's devices. A point's result does not depend on it.
+    only_robust: False attacks every point (each target, query and AutoAttack component
+      included), for checking that the default — only the points still robust — gives the
+      same robust flags.
 
   Returns:
     The `Report`.
@@ -95,13 +145,20 @@ def evaluate_robustness(model, variables, config: ml_collections.ConfigDict, dat
   evaluation = config.evaluation
   attacks = tuple(evaluation.attacks if attacks is None else attacks)
   x, y = load_points(data, evaluation, subset_size)
+  mesh = evaluation_mesh() if mesh is None else mesh
+  variables = jax.device_put(variables, parallel.replicated(mesh))
   fn, batch_size = logits_fn(model, variables), evaluation.batch_size
-  clean_correct = predict(fn, x, batch_size) == y
-  rows, cascades = [], {}
+  clean_prediction = predict(fn, x, batch_size, mesh)
+  clean_correct = clean_prediction == y
+  rows, cascades, log = [], {}, ProgressLog(writer)
 
   def attack_row(group, name, attack_id, label, family, spec, attack, fn_attacked):
     outcome = run_attack(attack, fn_attacked, x, y, attack_key(evaluation.seed, name),
-                         batch_size)
+                         batch_size, clean_correct, only_robust=only_robust, mesh=mesh,
+                         progress=log.attack(name))
+    if evaluation.save_examples and directory is not None:
+      save_examples(examples_path(directory, name), outcome, fn, y, clean_prediction,
+                    batch_size, mesh)
     rows.append(_row(group, name, attack_id, label, family, spec,
                      clean_correct & ~outcome.success, outcome.seconds))
     if outcome.components:

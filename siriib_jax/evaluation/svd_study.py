@@ -24,6 +24,7 @@ import numpy as np
 from siriib_jax.evaluation.robustness import Points, load_points
 from siriib_jax.evaluation.batching import attack_key, batches, predict, run_attack
 from siriib_jax.evaluation.attack_specs import build_attack, parse_spec
+from siriib_jax.evaluation.progress import ProgressLog
 from siriib_jax.models.model_fn import logits_fn
 from siriib_jax.svd import swap_singular_values
 
@@ -115,12 +116,15 @@ def svd_study(model, variables, config: ml_collections.ConfigDict, data: Points,
   evaluation, study = config.evaluation, config.evaluation.svd_study
   x, y = load_points(data, evaluation, subset_size)
   fn, batch_size = logits_fn(model, variables), evaluation.batch_size
-  clean = float(np.mean(predict(fn, x, batch_size) == y))
-  results, pictures = [], {}
+  clean_correct = predict(fn, x, batch_size) == y
+  clean = float(np.mean(clean_correct))
+  results, pictures, log = [], {}, ProgressLog()
   for name in study.attacks:
     spec = parse_spec(name, evaluation)
+    # Only the points still robust are attacked: a clean error's x_adv is x itself.
     outcome = run_attack(build_attack(spec, evaluation), fn, x, y,
-                         attack_key(evaluation.seed, name), batch_size)
+                         attack_key(evaluation.seed, name), batch_size, clean_correct,
+                         progress=log.attack(name))
     accuracy_adv, accuracy_swap, x_swap = swap_accuracies(fn, outcome.x_adv, x, y,
                                                           batch_size)
     results.append({"name": name, "label": spec.label, "norm": spec.norm, "eps": spec.eps,
