@@ -8,6 +8,7 @@ their files to `workdir/evaluation/` (docs/evaluation.md).
 
 import os
 
+import jax
 import jax.numpy as jnp
 import ml_collections
 
@@ -30,7 +31,8 @@ def evaluate(mode: str, config: ml_collections.ConfigDict, workdir: str):
     The `Report` (eval) or the study's summary dict (svd_study).
   Raises:
     ValueError: `mode` is not one of `MODES`.
-    CheckpointError: no readable checkpoint in `workdir`.
+    CheckpointError: no readable checkpoint in `workdir`, or one of another model or mode
+      (the message names the variables that differ).
     ConfigError, DatasetNotFoundError: as for training.
   """
   if mode not in MODES:
@@ -41,7 +43,9 @@ def evaluate(mode: str, config: ml_collections.ConfigDict, workdir: str):
                        jnp.bfloat16 if config.half_precision else jnp.float32)
   data = InputPipeline(config.dataset, global_batch_size=evaluation.batch_size,
                        seed=config.seed, training=False)
-  variables, step = load_variables(workdir, evaluation.checkpoint)
+  size = config.dataset.image_size
+  expected = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, size, size, 3)))
+  variables, step = load_variables(workdir, evaluation.checkpoint, expected=expected)
   directory = os.path.join(os.path.abspath(workdir), "evaluation")
   if mode == "eval":
     name = config.model.name + ("-SR" if config.model.siriib.enabled else "")
