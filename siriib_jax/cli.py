@@ -27,7 +27,26 @@ _MODE = flags.DEFINE_enum("mode", "train", ["train", "complexity", "export", *EV
                           "What to run.")
 _MULTIHOST = flags.DEFINE_bool("multihost", False,
                                "Call jax.distributed.initialize() first (TPU pods, "
-                               "multi-node GPU).")
+                               "multi-node GPU, several CPU processes).")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "With --multihost where no cluster is detected: host:port "
+    "of process 0 (e.g. localhost:12355 for processes on one machine).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None,
+                                      "With --coordinator_address: the number of processes.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None,
+                                   "With --coordinator_address: this process, 0-based.")
+
+
+def initialize_multihost() -> None:
+  """Joins the processes of a multi-host run (`jax.distributed.initialize`): the cluster's
+  own settings where JAX detects one (Cloud TPU, SLURM, Open MPI, Kubernetes), else the
+  three flags. CPU devices of several processes talk through gloo collectives."""
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  manual = (_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  if any(v is not None for v in manual) and any(v is None for v in manual):
+    raise app.UsageError("--coordinator_address, --num_processes and --process_id go "
+                         "together; give all three or none (a detected cluster).")
+  jax.distributed.initialize(*manual)
 
 
 def main(argv):
@@ -35,7 +54,7 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   configure_process()  # Before JAX initialises its backends (siriib_jax/runtime.py).
   if _MULTIHOST.value:
-    jax.distributed.initialize()
+    initialize_multihost()
   config = _CONFIG.value
   try:
     check_known_keys(config, default_config.get_config())

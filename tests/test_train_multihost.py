@@ -1,0 +1,57 @@
+"""train with several processes (`--multihost`): two CPU processes joined by
+`jax.distributed.initialize` over loopback (gloo collectives) train the same steps as one
+process with two devices. Slow (two compilations of the step at once): `pytest -m slow`."""
+
+import os
+import socket
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from siriib_jax.checkpointing import load_variables
+from tests.helpers import write_npz_dataset
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# tests/helpers.tiny_training_config as command-line overrides of the quickstart config.
+TINY = ["--config.dataset.name=npz", "--config.dataset.validation_size=10",
+        "--config.model.width_multiplier=0.125", "--config.model.siriib.scales=(32, 16)",
+        "--config.attack.steps=1", "--config.attack.unroll=False", "--config.eval_pgd_steps=1",
+        "--config.batch_size=8", "--config.max_steps=2", "--config.log_every_steps=1",
+        "--config.final_eval_size=0", "--config.strategy=pgd_at"]
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+def _run(workdir, data, extra, env):
+  command = [sys.executable, "main.py", "--config", "configs/quickstart.py",
+             f"--workdir={workdir}", f"--config.dataset.data_dir={data}", *TINY, *extra]
+  return subprocess.Popen(command, cwd=REPO, env={**os.environ, **env},
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+@pytest.mark.slow
+def test_two_processes_train_as_one_process_with_two_devices(tmp_path):
+  data = write_npz_dataset(tmp_path / "data")
+  port = _free_port()
+  multi = [_run(tmp_path / "multi", data,
+                ["--multihost", f"--coordinator_address=localhost:{port}",
+                 "--num_processes=2", f"--process_id={i}"], {}) for i in range(2)]
+  single = _run(tmp_path / "single", data, [],
+                {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
+  for process in (*multi, single):
+    output, _ = process.communicate(timeout=3000)
+    assert process.returncode == 0, output[-3000:]
+  ours, step = load_variables(str(tmp_path / "multi"), "last")
+  reference, reference_step = load_variables(str(tmp_path / "single"), "last")
+  assert step == reference_step == 2
+  # Equal up to the order of summation across devices (see the 8-device test of train.py).
+  for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(reference)):
+    np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
+  assert (tmp_path / "multi" / "summary.json").exists()
