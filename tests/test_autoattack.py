@@ -8,6 +8,8 @@ import jax
 import numpy as np
 
 from siriib_jax import attacks
+from siriib_jax.attacks.autoattack import (QUERY_SIGNIFICANT_BITS, _compiled, attack_points,
+                                           bucket_size)
 from tests.helpers import linear_attack_problem
 
 
@@ -46,3 +48,23 @@ def test_only_robust_points_give_the_result_of_attacking_every_point():
     first_total.setdefault((name, p.stage), p.total)
   assert first_total[("apgd-ce", "")] == clean_correct.sum()
   assert first_total[("apgd-t", "target 1/2")] == robust_only.components["apgd-t"].attacked.sum()
+
+
+def test_square_segments_compile_few_chunk_sizes():
+  """Square's gathered chunks take sizes with two significant bits (m · 2^k, m ∈ {2, 3}):
+  at most two per octave, under half of padding; with a mesh, a multiple of its size."""
+  for bucket in (8, 64, 256):
+    sizes = [bucket_size(n, bucket, QUERY_SIGNIFICANT_BITS) for n in range(1, bucket + 1)]
+    assert all(n <= size <= bucket and 2 * (size - n) < n
+               for n, size in zip(range(1, bucket + 1), sizes))
+    for octave in range(1, bucket.bit_length() + 1):
+      assert len({s for s in sizes if s != bucket and s.bit_length() == octave}) <= 2
+  assert [bucket_size(n, 256, multiple=8) for n in (1, 9, 17, 250)] == [8, 16, 24, 256]
+  # A run: each gathering compiles Square's step at most once per size it meets.
+  fn, x, y, eps, clean_correct = linear_attack_problem(n=24)
+  attack = attacks.square(eps, queries=40)
+  success, x_adv = ~clean_correct, x.copy()
+  attack_points(attack, fn, x, y, jax.random.key(0), clean_correct, success, x_adv,
+                bucket=16, compact_every=4)
+  allowed = {bucket_size(n, 16, QUERY_SIGNIFICANT_BITS) for n in range(1, 17)}
+  assert _compiled(attack).advance._cache_size() <= len(allowed)  # pylint: disable=protected-access

@@ -5,8 +5,8 @@ run and, when a clu `MetricWriter` is given, as scalars.
 The attacks report a `attacks.autoattack.Progress` after each chunk of points (and each
 segment of Square's queries); `ProgressLog.attack(name)` turns those into
 
-    robustness pgd20: 512/1000 points done, 301 still robust, 84.2 s elapsed, ETA 80.1 s
-    robustness autoattack apgd-t target 3/9: 40/120 points done, 415 still robust, ...
+    robustness pgd20: 512/1000 points done, 301 still robust, <t> s elapsed, ETA <t> s
+    robustness autoattack apgd-t target 3/9: 40/120 points done, 415 still robust, …
 
 The ETA is that of the current stage (the attack, or AutoAttack's component and target):
 its elapsed time × (work left / work done), work being points (Square: point-queries, the
