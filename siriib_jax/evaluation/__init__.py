@@ -13,11 +13,12 @@ from siriib_jax.evaluation.adaptive import TABLE4_LOSSES, Target, adaptive_pgd, 
 from siriib_jax.evaluation.attack_specs import AttackSpec, build_attack, parse_spec
 from siriib_jax.evaluation.batching import select_points
 from siriib_jax.evaluation.checklist import CheckItem, run_checklist
+from siriib_jax.evaluation.progress import ProgressLog
 from siriib_jax.evaluation.report import Report, Row, to_markdown, write_report
 from siriib_jax.evaluation.robustness import evaluate_robustness, load_points
 from siriib_jax.evaluation.svd_study import svd_study, swap_accuracies
 
-__all__ = ["AttackSpec", "CheckItem", "Report", "Row", "TABLE4_LOSSES", "Target",
+__all__ = ["AttackSpec", "CheckItem", "ProgressLog", "Report", "Row", "TABLE4_LOSSES", "Target",
            "adaptive_pgd", "build_attack", "evaluate_robustness", "load_points",
            "loss_weights", "parse_spec", "run_checklist", "select_points", "svd_study",
            "swap_accuracies", "to_markdown", "write_report"]
