@@ -71,10 +71,11 @@ def evaluate_validation(eval_step, state, data: InputPipeline, mesh, key) -> dic
 
 
 def _final_evaluation(model, state, checkpoints: Checkpoints, config, data: InputPipeline,
-                      workdir: str) -> dict:
+                      workdir: str, writer, mesh) -> dict:
   """`config.final_eval_attacks` on a stratified subset of `config.final_eval_size` test
-  points, for the best checkpoint by validation PGD (the last state without one); the
-  table is printed and written to `workdir/evaluation`."""
+  points, for the best checkpoint by validation PGD (the last state without one), over the
+  training mesh; the table is printed and written to `workdir/evaluation`, the progress
+  through `writer`."""
   checkpoints.best.wait_until_finished()
   best = checkpoints.restore_best(state)
   chosen = best if best is not None else state
@@ -82,7 +83,8 @@ def _final_evaluation(model, state, checkpoints: Checkpoints, config, data: Inpu
       model, {"params": chosen.params, "batch_stats": chosen.batch_stats}, config, data,
       attacks=tuple(config.final_eval_attacks), subset_size=config.final_eval_size,
       directory=os.path.join(workdir, "evaluation"),
-      meta={"checkpoint": "best" if best is not None else "last", "step": int(chosen.step)})
+      meta={"checkpoint": "best" if best is not None else "last", "step": int(chosen.step)},
+      writer=writer, mesh=mesh)
   return report.to_json()
 
 
@@ -187,7 +189,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     summary["orthogonality_error"] = float(orth_error)  # Largest ‖W Wᵀ − I‖_F, paper §3.2.
   if status == "completed" and config.final_eval_size:
     summary["final_evaluation"] = _final_evaluation(model, state, checkpoints, config, data,
-                                                    workdir)
+                                                    workdir, writer, mesh)
   checkpoints.close()
   writer.flush()
   if jax.process_index() == 0:
