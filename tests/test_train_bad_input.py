@@ -136,6 +136,7 @@ def test_missing_dataset_fails_within_seconds_naming_data_dir(tmp_path, compile_
   config.dataset.num_classes = config.model.num_classes = 100
   config.dataset.validation_size = 100
   config.dataset.data_dir = str(tmp_path / "empty")
+  config.dataset.download = False  # Online, the main command would fetch CIFAR-100.
   start = time.time()
   with pytest.raises(DatasetNotFoundError, match="data_dir"):
     train_lib.train_and_evaluate(config, str(tmp_path / "run"))
