@@ -1,6 +1,11 @@
 """train with several processes (`--multihost`): two CPU processes joined by
-`jax.distributed.initialize` over loopback (gloo collectives) train the same steps as one
-process with two devices. Slow (two compilations of the step at once): `pytest -m slow`."""
+`jax.distributed.initialize` over loopback (gloo collectives), one device each, train the
+same steps as one process with one device and the same global batch. Slow (three
+compilations of the step at once): `pytest -m slow`.
+
+The reference is one device, not one process with two forced CPU devices: that run stops in
+its first step on the 2-core machines here (also at b2085f3, before session 8; docs/status.md).
+"""
 
 import os
 import socket
@@ -37,14 +42,13 @@ def _run(workdir, data, extra, env):
 
 
 @pytest.mark.slow
-def test_two_processes_train_as_one_process_with_two_devices(tmp_path):
+def test_two_processes_train_as_one_process(tmp_path):
   data = write_npz_dataset(tmp_path / "data")
   port = _free_port()
   multi = [_run(tmp_path / "multi", data,
                 ["--multihost", f"--coordinator_address=localhost:{port}",
                  "--num_processes=2", f"--process_id={i}"], {}) for i in range(2)]
-  single = _run(tmp_path / "single", data, [],
-                {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
+  single = _run(tmp_path / "single", data, [], {})
   for process in (*multi, single):
     output, _ = process.communicate(timeout=3000)
     assert process.returncode == 0, output[-3000:]
