@@ -1,0 +1,1 @@
+"""The paper's analyses beyond its accuracy tables (issue 15)."""
