@@ -10,6 +10,12 @@ subset, `--seed`):
 
 * PGD-20 (CE, α = 2/255, one random start): siriib_jax `get_attack('pgd20')` (jitted;
   compile timed apart) against a plain PyTorch loop;
+* with `--components`: APGD-T, FAB-T and Square each alone as an evaluation runs them
+  (`evaluate_robustness(..., attacks=(name,))`: only the points still robust, chunks of
+  `evaluation.batch_size` = `--n`) against the official component alone
+  (`pyautoattack.AutoAttack(version='standard')` with `attacks_to_run = [name]`: its
+  standard settings, 9 target classes, 5,000 queries; it also attacks only the points it
+  classifies correctly);
 * AutoAttack standard: siriib_jax `AutoAttack` (cold: with compilation; and warm: a second
   call) against `pyautoattack.AutoAttack(version='standard')`, the official code.
 
@@ -18,6 +24,7 @@ XLA's Eigen convolutions, as `main.py` does (`siriib_jax/xla_cpu.py`).
 
     python bench/attacks.py --help
     python bench/attacks.py --n 500 --train-steps 800
+    python bench/attacks.py --n 500 --params /tmp/cnn800.msgpack --components apgd-t,fab-t,square
 
 Needs torch and pyautoattack (bench/requirements.txt) and ../shared/data.
 """
@@ -62,7 +69,8 @@ class SmallCNN(nn.Module):
   gradient, fast inside the attacks' rolled loops."""
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, train: bool = False):
+    del train  # No BatchNorm or dropout; the evaluation passes it.
     conv = lambda width: nn.Conv(width, (3, 3), padding=((1, 1), (1, 1)),
                                  conv_general_dilated=conv_general_dilated)
     for width in (32, 64):
@@ -100,6 +108,11 @@ def _parse_args(argv=None):
   p.add_argument("--skip-aa", action="store_true", help="PGD-20 only")
   p.add_argument("--aa-frameworks", default="jax,torch",
                  help="whose AutoAttack to run: comma list of jax, torch")
+  p.add_argument("--components", default="",
+                 help="comma list of apgd-t, fab-t, square: each alone as an evaluation runs "
+                      "it (evaluate_robustness with that one attack, compilation included) "
+                      "against the official component alone (pyautoattack, standard "
+                      "settings, attacks_to_run=[name]), then stop")
   p.add_argument("--no-warm-aa", action="store_true", help="skip the second (warm) JAX AA")
   p.add_argument("--params", default="",
                  help="file of the trained CNN's parameters: loaded if it exists, else "
@@ -191,6 +204,33 @@ def time_forward(apply_fn, params, torch_model, x: np.ndarray, repeats: int = 5,
   return {name: float(np.median(t)) for name, t in times.items()}
 
 
+def time_component(name: str, model, params, torch_model, x_np, y_np, x_t, y_t,
+                   seed: int) -> dict:
+  """One AutoAttack component alone: siriib_jax's evaluation (compilation included, as a
+  user's `--mode=eval` with that one attack pays it) against pyautoattack's, on the same
+  points. Returns seconds and robust accuracy of each."""
+  import pyautoattack  # pylint: disable=import-outside-toplevel
+  from siriib_jax.configs import default  # pylint: disable=import-outside-toplevel
+  from siriib_jax.evaluation import evaluate_robustness  # pylint: disable=import-outside-toplevel
+  config = default.get_config()
+  config.evaluation.batch_size = len(y_np)  # One chunk, as pyautoattack's bs = n below.
+  config.evaluation.seed = seed
+  config.evaluation.checklist.large_eps = 0.0  # The attack alone.
+  start = time.perf_counter()
+  report = evaluate_robustness(model, {"params": params}, config, (x_np, y_np),
+                               attacks=(name,))
+  result = {"jax_s": time.perf_counter() - start, "robust_jax": report.rows[-1].accuracy}
+  adversary = pyautoattack.AutoAttack(torch_model, eps=EPS, norm="Linf", version="standard",
+                                      seed=seed, device="cpu")
+  adversary.attacks_to_run = [name]
+  start = time.perf_counter()
+  x_adv, _ = adversary.run_standard_evaluation(x_t, y_t, batch_size=len(y_np))
+  result["torch_s"] = time.perf_counter() - start
+  with torch.no_grad():
+    result["robust_torch"] = float((torch_model(x_adv).argmax(-1) == y_t).float().mean())
+  return result
+
+
 def _load():
   with open("/proc/loadavg") as f:
     return " ".join(f.read().split()[:3])
@@ -234,6 +274,15 @@ def main(argv=None):
       x_batch = np.resize(x_np, (batch,) + x_np.shape[1:])
       seconds = time_forward(apply_fn, params, torch_model, x_batch)
       out[f"forward_{batch}"] = {**seconds, "ratio": seconds["jax"] / seconds["torch"]}
+    _finish(out, args.json)
+    return
+
+  if args.components:
+    for name in args.components.split(","):
+      out[name] = time_component(name, model, params, torch_model, x_np, y_np, x_t, y_t,
+                                 args.seed)
+      out[name]["ratio"] = out[name]["jax_s"] / out[name]["torch_s"]
+      print(json.dumps(out), flush=True)
     _finish(out, args.json)
     return
 
