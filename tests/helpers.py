@@ -157,3 +157,21 @@ def assert_same_per_point(robust_only, every_point, clean_correct):
   np.testing.assert_array_equal(robust_only.success, every_point.success)
   broken = robust_only.success & clean_correct
   np.testing.assert_array_equal(robust_only.x_adv[broken], every_point.x_adv[broken])
+
+
+def tiny_model(name: str = "resnet18", siriib: bool = True, size: int = 16, seed: int = 0):
+  """A quickly compiled classifier for the analysis tests: `name` at width × 1/8, SiRIIB
+  (scales size, size / 2) when `siriib`, 10 classes, on size × size images.
+
+  Returns:
+    (model, variables).
+  """
+  from siriib_jax.models import create_model  # pylint: disable=g-import-not-at-top
+  config = default.get_config()
+  config.model.name = name
+  config.model.width_multiplier = 0.125
+  config.model.siriib.enabled = siriib
+  config.model.siriib.scales = (size, size // 2)
+  model = create_model(config.model, size)
+  variables = model.init(jax.random.key(seed), jnp.zeros((1, size, size, 3)))
+  return model, variables
