@@ -6,7 +6,7 @@ import os
 
 ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "siriib_jax")
 # Folders that are libraries, and the modules that are entry points above them.
-LIBRARY_FOLDERS = ("attacks", "data", "evaluation", "models")
+LIBRARY_FOLDERS = ("analysis", "attacks", "data", "evaluation", "models")
 ENTRY_POINTS = ("siriib_jax.train", "siriib_jax.evaluate", "siriib_jax.config_validation",
                 "siriib_jax.export")
 
