@@ -19,7 +19,7 @@ import numpy as np
 from absl import logging
 from clu import metric_writers, periodic_actions
 
-from siriib_jax import losses, parallel
+from siriib_jax import losses, parallel, run_config
 from siriib_jax.checkpointing import Checkpoints
 from siriib_jax.config_validation import validate_config
 from siriib_jax.data import InputPipeline
@@ -107,6 +107,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   data = InputPipeline(config.dataset, global_batch_size=config.batch_size, seed=config.seed)
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
+  if jax.process_index() == 0:
+    run_config.save(config, workdir)  # For commands that analyse the run (--mode=paper).
   steps_per_epoch = data.steps_per_epoch
   num_steps = config.num_epochs * steps_per_epoch
   if config.max_steps > 0:
