@@ -173,5 +173,6 @@ def tiny_model(name: str = "resnet18", siriib: bool = True, size: int = 16, seed
   config.model.siriib.enabled = siriib
   config.model.siriib.scales = (size, size // 2)
   model = create_model(config.model, size)
-  variables = model.init(jax.random.key(seed), jnp.zeros((1, size, size, 3)))
+  # One compiled program, not op by op (several times faster on a loaded CPU).
+  variables = jax.jit(model.init)(jax.random.key(seed), jnp.zeros((1, size, size, 3)))
   return model, variables
