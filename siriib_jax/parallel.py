@@ -35,3 +35,36 @@ def global_batch(local_batch: dict, mesh: Mesh) -> dict:
   sharding = batch_sharded(mesh)
   return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
           for k, v in local_batch.items()}
+
+
+def local_mesh(mesh: Mesh) -> Mesh:
+  """`mesh` itself when all its devices belong to this process, else a data mesh over
+  those that do (for work on host-local arrays, e.g. each host's share of an evaluation).
+
+  Raises:
+    ValueError: none of `mesh`'s devices belongs to this process.
+  """
+  local = [d for d in mesh.devices.flat if d.process_index == jax.process_index()]
+  if len(local) == mesh.devices.size:
+    return mesh
+  if not local:
+    raise ValueError("The mesh has no device of this process.")
+  return data_mesh(local)
+
+
+def host_local(tree):
+  """`tree` with every array that spans other processes' devices (replicated there: e.g.
+  variables restored on several hosts, or training's state) replaced by this process's
+  copy, for computations on this host's devices alone; other leaves as they are.
+
+  Raises:
+    ValueError: such an array is not fully replicated (its value is not all here).
+  """
+  def local(leaf):
+    if not isinstance(leaf, jax.Array) or leaf.is_fully_addressable:
+      return leaf
+    if not leaf.sharding.is_fully_replicated:
+      raise ValueError(f"An array of shape {leaf.shape} is split over several processes; "
+                       "only replicated ones have their whole value on each.")
+    return leaf.addressable_data(0)
+  return jax.tree.map(local, tree)

@@ -37,7 +37,8 @@ per octave, so that a slowly shrinking set of points compiles a few sizes only).
 
 Exactly as if every point were attacked: each point is attacked alone — the attack is
 `jax.vmap`ped over points, each a batch of one with its own PRNG key
-`fold_in(key, index)` (`index`: the point's position in the evaluation, not in its chunk)
+`fold_in(key, index)` (`index`: the point's position in the evaluation, not in its chunk;
+with several hosts, each attacking its share, its position among every host's points)
 — so its x_adv and success depend neither on which other points share its chunk, nor on
 the padding, nor on the chunk sizes. Attacking only the points still robust therefore
 gives, point by point, the robust flags and the x_adv of the broken points that attacking
