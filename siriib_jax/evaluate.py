@@ -3,7 +3,9 @@ of `main.py --mode=eval` and `--mode=svd_study`, beside `train.train_and_evaluat
 
 Both load `checkpointing.load_variables(workdir, config.evaluation.checkpoint)`, build the
 configured model and the test split (`config.evaluation.subset_size`, `.seed`), and write
-their files to `workdir/evaluation/` (docs/evaluation.md).
+their files to `workdir/evaluation/` (docs/evaluation.md). With several hosts
+(`--multihost`) each evaluates its share of the test points (`evaluation.batch_size` a
+multiple of the host count), the results are gathered, and only process 0 writes.
 """
 
 import os

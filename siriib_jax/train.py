@@ -74,8 +74,9 @@ def _final_evaluation(model, state, checkpoints: Checkpoints, config, data: Inpu
                       workdir: str, writer, mesh) -> dict:
   """`config.final_eval_attacks` on a stratified subset of `config.final_eval_size` test
   points, for the best checkpoint by validation PGD (the last state without one), over the
-  training mesh; the table is printed and written to `workdir/evaluation`, the progress
-  through `writer`."""
+  training mesh (with several hosts: each host its share of the points on its devices, the
+  results gathered); the table is printed and written to `workdir/evaluation` by process 0,
+  the progress through `writer`."""
   checkpoints.best.wait_until_finished()
   best = checkpoints.restore_best(state)
   chosen = best if best is not None else state

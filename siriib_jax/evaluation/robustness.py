@@ -7,6 +7,11 @@ x_adv correctly (x is itself in the ball), so every robust accuracy is ≤ the c
 Every attack runs only on the points still robust (`batching.run_attack`), logs its
 progress (`progress.ProgressLog`) and, with `evaluation.save_examples`, leaves its x_adv,
 predictions and flags in `<directory>/<attack>.npz` (`save_examples`).
+
+With several hosts each evaluates its share of the points (`load_share`), every point keyed
+by its global index, and the per-point results are gathered (`batching.gather_points`)
+before anything is counted: the report is the one-host report, on every host, and only
+process 0 writes files.
 """
 
 import os
@@ -22,8 +27,11 @@ from siriib_jax.evaluation import adaptive as adaptive_lib
 from siriib_jax.evaluation.checklist import run_checklist
 from siriib_jax.evaluation.report import Report, Row, to_markdown, write_report
 from siriib_jax import parallel
-from siriib_jax.evaluation.batching import (Outcome, attack_key, evaluation_mesh, predict,
-                                            run_attack, select_points)
+from siriib_jax.evaluation.batching import (Hosts, Outcome, Share, attack_key, current_hosts,
+                                            evaluation_mesh, gather_max, gather_points,
+                                            predict, run_attack, select_points, select_share,
+                                            share_index)
+from siriib_jax.attacks.autoattack import ComponentResult
 from siriib_jax.evaluation.progress import ProgressLog
 from siriib_jax.evaluation.attack_specs import AttackSpec, build_attack, parse_spec
 from siriib_jax.models.model_fn import logits_fn, outputs_fn
@@ -35,16 +43,51 @@ def load_points(data: Points, evaluation: ml_collections.ConfigDict,
                 subset_size: Optional[int] = None) -> tuple[np.ndarray, np.ndarray]:
   """Float32 images (N, H, W, C) in [0, 1] and labels (N,): `data`'s test split (all, or
   a stratified subset of `subset_size`, default `evaluation.subset_size`, drawn with
-  `evaluation.seed`), or the given `(images, labels)` (uint8 or float)."""
+  `evaluation.seed`; with several hosts, this host's share), or the given
+  `(images, labels)` (uint8 or float)."""
   if isinstance(data, InputPipeline):
     size = evaluation.subset_size if subset_size is None else subset_size
     images, labels = select_points(data, size, evaluation.seed)
   else:
     images, labels = data
+  return _as_float(images, labels)
+
+
+def _as_float(images, labels) -> tuple[np.ndarray, np.ndarray]:
   images = np.asarray(images)
   if images.dtype == np.uint8:
     images = images.astype(np.float32) / 255.0
   return images.astype(np.float32), np.asarray(labels, np.int32)
+
+
+def load_share(data: Points, evaluation: ml_collections.ConfigDict,
+               subset_size: Optional[int] = None, hosts: Optional[Hosts] = None) -> Share:
+  """This host's share of the points of `load_points`, with their global indices.
+
+  An `InputPipeline`'s share is what its `eval_batches` gives this host
+  (`batching.select_share`); given `(images, labels)`, the same on every host, are shared
+  out in the same layout with a global batch of `evaluation.batch_size` rounded down to a
+  multiple of the host count (`batching.share_index`). On one host: every point, index
+  0 … N − 1.
+
+  Returns:
+    `Share(images float32 (N_p, H, W, C) in [0, 1], labels int32 (N_p,), index (N_p,),
+    total N)`.
+  """
+  hosts = current_hosts() if hosts is None else hosts
+  if isinstance(data, InputPipeline):
+    size = evaluation.subset_size if subset_size is None else subset_size
+    share = select_share(data, size, evaluation.seed)
+    return Share(*_as_float(share.images, share.labels), share.index, share.total)
+  images, labels = data
+  total = len(labels)
+  if hosts.count == 1:
+    index = np.arange(total)
+  else:
+    batch = hosts.count * max(1, evaluation.batch_size // hosts.count)
+    index = share_index(total, batch, hosts.index, hosts.count)
+    images, labels = np.asarray(images)[index], np.asarray(labels)[index]
+  return Share(*_as_float(images, labels), index, total)
 
 
 def has_siriib(model, variables, x: np.ndarray) -> bool:
@@ -79,7 +122,8 @@ def examples_path(directory: str, name: str) -> str:
 
 
 def save_examples(path: str, outcome: Outcome, fn, y: np.ndarray,
-                  clean_prediction: np.ndarray, batch_size: int, mesh=None) -> None:
+                  clean_prediction: np.ndarray, batch_size: int, mesh=None,
+                  adversarial_prediction: Optional[np.ndarray] = None) -> None:
   """Writes one attack's per-point results to `path` (NumPy `.npz`):
 
   * `x_adv`: (N, H, W, C) float32 in [0, 1], the attack's point (x itself where it did not
@@ -95,11 +139,16 @@ def save_examples(path: str, outcome: Outcome, fn, y: np.ndarray,
   `robust == (clean_prediction == label) & (adversarial_prediction == label)` except for a
   point whose x_adv lies within float rounding of a decision boundary (FAB-T's minimal
   perturbations end right past it).
+
+  `adversarial_prediction`, if given, is written instead of predicting x_adv (several
+  hosts: each predicted its share before the gathering).
   """
   robust = (clean_prediction == y) & ~outcome.success
+  if adversarial_prediction is None:
+    adversarial_prediction = predict(fn, outcome.x_adv, batch_size, mesh)
   os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
   np.savez(path, x_adv=outcome.x_adv, clean_prediction=clean_prediction,
-           adversarial_prediction=predict(fn, outcome.x_adv, batch_size, mesh), robust=robust,
+           adversarial_prediction=adversarial_prediction, robust=robust,
            label=y, index=np.arange(len(y)))
 
 
@@ -115,7 +164,7 @@ def evaluate_robustness(model, variables, config: ml_collections.ConfigDict, dat
                         subset_size: Optional[int] = None,
                         directory: Optional[str] = None,
                         meta: Optional[dict] = None, writer=None, mesh=None,
-                        only_robust: bool = True) -> Report:
+                        only_robust: bool = True, hosts: Optional[Hosts] = None) -> Report:
   """Evaluates `model` with `variables` under `config.evaluation`'s attacks.
 
   Args:
@@ -123,46 +172,77 @@ def evaluate_robustness(model, variables, config: ml_collections.ConfigDict, dat
       `ModelOutput` (x in [0, 1], NHWC).
     variables: its variables (`{'params', 'batch_stats'}`).
     config: the experiment config; reads `config.evaluation`.
-    data: an `InputPipeline` (its test split) or `(images (N, H, W, C), labels (N,))`.
+    data: an `InputPipeline` (its test split) or `(images (N, H, W, C), labels (N,))`
+      (with several hosts, the same on every host).
     attacks: names (see `attack_specs`; `clean`, `adaptive`), default `evaluation.attacks`.
     subset_size: for an `InputPipeline`, overrides `evaluation.subset_size` (0 = all).
     directory: if given, `robustness.json` / `.md` are written there and the table
       printed; with `evaluation.save_examples`, also `<attack>.npz` per attack
-      (`save_examples`).
+      (`save_examples`). Only process 0 writes and prints.
     meta: extra entries for the report's `meta` (e.g. checkpoint and step).
     writer: a clu `MetricWriter` for the progress scalars (`progress.ProgressLog`); the
       progress is logged (absl, INFO) in any case.
     mesh: each chunk of points (AutoAttack's included) is sharded over this mesh's `data`
-      axis, the variables replicated; default `batching.evaluation_mesh()`, training's
-      data mesh over this host's devices. A point's result does not depend on it.
+      axis (its devices on this host: `batching.evaluation_mesh`), the variables
+      replicated; default `batching.evaluation_mesh()`, training's data mesh over this
+      host's devices. A point's result does not depend on it.
     only_robust: False attacks every point (each target, query and AutoAttack component
       included), for checking that the default — only the points still robust — gives the
       same robust flags.
+    hosts: the processes (default `batching.current_hosts()`). With several, each
+      evaluates its share (`load_share`) with every point keyed by its global index, and
+      the per-point results (robust flags, predictions, AutoAttack's per-component flags;
+      x_adv only with `save_examples`) are gathered before the report is built: every
+      host returns the report one host would, and times are the slowest host's.
 
   Returns:
     The `Report`.
   """
   evaluation = config.evaluation
   attacks = tuple(evaluation.attacks if attacks is None else attacks)
-  x, y = load_points(data, evaluation, subset_size)
-  mesh = evaluation_mesh() if mesh is None else mesh
-  variables = jax.device_put(variables, parallel.replicated(mesh))
+  hosts = current_hosts() if hosts is None else hosts
+  x, y, index, total = load_share(data, evaluation, subset_size, hosts)
+  several, writes = hosts.count > 1, directory is not None and hosts.index == 0
+  gather = lambda tree: gather_points(tree, index, total, hosts)
+  mesh = evaluation_mesh(mesh)
+  variables = jax.device_put(parallel.host_local(variables), parallel.replicated(mesh))
   fn, batch_size = logits_fn(model, variables), evaluation.batch_size
-  clean_prediction = predict(fn, x, batch_size, mesh)
-  clean_correct = clean_prediction == y
-  rows, cascades, log = [], {}, ProgressLog(writer)
+  # This host's points (`local_*`), then every host's in the global order.
+  local_prediction = predict(fn, x, batch_size, mesh)
+  local_correct = local_prediction == y
+  clean_prediction, labels = gather((local_prediction, y))
+  clean_correct = clean_prediction == labels
+  rows, cascades = [], {}
+  log = ProgressLog(writer, f"host {hosts.index + 1}/{hosts.count}" if several else "")
+  save = evaluation.save_examples and directory is not None
 
   def attack_row(group, name, attack_id, label, family, spec, attack, fn_attacked):
     outcome = run_attack(attack, fn_attacked, x, y, attack_key(evaluation.seed, name),
-                         batch_size, clean_correct, only_robust=only_robust, mesh=mesh,
-                         progress=log.attack(name))
-    if evaluation.save_examples and directory is not None:
-      save_examples(examples_path(directory, name), outcome, fn, y, clean_prediction,
-                    batch_size, mesh)
-    rows.append(_row(group, name, attack_id, label, family, spec,
-                     clean_correct & ~outcome.success, outcome.seconds))
-    if outcome.components:
-      cascades[name] = _cascade(outcome.components, clean_correct)
+                         batch_size, local_correct, index=index, only_robust=only_robust,
+                         mesh=mesh, progress=log.attack(name))
+    local = {"success": outcome.success,
+             "components": {c: (part.attacked, part.success)
+                            for c, part in (outcome.components or {}).items()}}
+    if save and several:  # One host: `save_examples` predicts x_adv itself.
+      local.update(x_adv=outcome.x_adv,
+                   adversarial=predict(fn, outcome.x_adv, batch_size, mesh))
+    gathered = gather(local)
+    seconds = gather_max(outcome.seconds, hosts)
+    components = {c: ComponentResult(*gathered["components"][c],
+                                     gather_max(part.seconds, hosts))
+                  for c, part in (outcome.components or {}).items()}
+    robust = clean_correct & ~gathered["success"]
+    if several:
+      log.gathered(name, total, int(robust.sum()), seconds, hosts.count)
+    if save and writes:
+      save_examples(examples_path(directory, name),
+                    Outcome(gathered.get("x_adv", outcome.x_adv), gathered["success"],
+                            components or None, seconds),
+                    fn, labels, clean_prediction, batch_size, mesh,
+                    adversarial_prediction=gathered.get("adversarial"))
+    rows.append(_row(group, name, attack_id, label, family, spec, robust, seconds))
+    if components:
+      cascades[name] = _cascade(components, clean_correct)
 
   for name in attacks:
     if name == "clean":
@@ -187,13 +267,15 @@ def evaluate_robustness(model, variables, config: ml_collections.ConfigDict, dat
     attack_row("checklist", f"large-eps-{spec.attack}", spec.attack, spec.label, spec.family,
                spec, build_attack(spec, evaluation), fn)
 
-  report_meta = {"num_points": int(len(y)), "seed": int(evaluation.seed),
+  report_meta = {"num_points": int(total), "seed": int(evaluation.seed),
                  "selection": _selection(data, evaluation, subset_size),
-                 "class_counts": np.bincount(y).tolist(),
+                 "class_counts": np.bincount(labels).tolist(),
                  "evaluation": evaluation.to_dict(), **(meta or {})}
+  if several:
+    report_meta["processes"] = hosts.count
   report = Report(report_meta, rows, cascades,
                   run_checklist(rows, cascades, evaluation.checklist))
-  if directory is not None:
+  if writes:
     write_report(report, directory)
     print(to_markdown(report))
   return report

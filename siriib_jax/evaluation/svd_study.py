@@ -10,6 +10,11 @@ to [0, 1] for the accuracy (it is for the pictures).
 Writes `svd_study.json`, `svd_study.md`, `svd_study_accuracy.png` (Fig. 1: solid bars
 x_adv, hatched bars x_swap) and `svd_study_images.png` (Fig. 2: rows x, then per attack
 of `grid_attacks` the attack, its swap `-S` and `D = (-S) − attack`).
+
+With several hosts each attacks and swaps its share of the points, every point keyed by its
+global index; the per-point verdicts (and, for Fig. 2, the first `grid_images` points) are
+gathered (`batching.gather_points`), so every host computes the one-host summary, and only
+process 0 writes the files.
 """
 
 import json
@@ -21,8 +26,10 @@ import matplotlib
 import ml_collections
 import numpy as np
 
-from siriib_jax.evaluation.robustness import Points, load_points
-from siriib_jax.evaluation.batching import attack_key, batches, predict, run_attack
+from siriib_jax import parallel
+from siriib_jax.evaluation.robustness import Points, load_share
+from siriib_jax.evaluation.batching import (Hosts, attack_key, batches, current_hosts,
+                                            gather_points, predict, run_attack)
 from siriib_jax.evaluation.attack_specs import build_attack, parse_spec
 from siriib_jax.evaluation.progress import ProgressLog
 from siriib_jax.models.model_fn import logits_fn
@@ -43,13 +50,20 @@ def swap_images(x_adv: np.ndarray, x_ref: np.ndarray, batch_size: int) -> np.nda
   return out
 
 
+def swap_correct(fn, x_adv: np.ndarray, x_ref: np.ndarray, y: np.ndarray,
+                 batch_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(correct on x_adv (N,) bool, correct on x_swap (N,) bool, x_swap (N, H, W, C)) with
+  the singular values of x_ref (`swap_images`)."""
+  x_swap = swap_images(x_adv, x_ref, batch_size)
+  return (predict(fn, x_adv, batch_size) == y, predict(fn, x_swap, batch_size) == y, x_swap)
+
+
 def swap_accuracies(fn, x_adv: np.ndarray, x_ref: np.ndarray, y: np.ndarray,
                     batch_size: int) -> tuple[float, float, np.ndarray]:
   """(accuracy on x_adv, accuracy on x_swap, x_swap) with the singular values of x_ref
   (the clean images in the study; x_adv itself gives back x_adv, a sanity check)."""
-  x_swap = swap_images(x_adv, x_ref, batch_size)
-  return (float(np.mean(predict(fn, x_adv, batch_size) == y)),
-          float(np.mean(predict(fn, x_swap, batch_size) == y)), x_swap)
+  correct_adv, correct_swap, x_swap = swap_correct(fn, x_adv, x_ref, y, batch_size)
+  return float(np.mean(correct_adv)), float(np.mean(correct_swap)), x_swap
 
 
 def plot_accuracy(results: list[dict], clean: float, path: str) -> None:
@@ -99,43 +113,55 @@ def plot_grid(x: np.ndarray, pictures: dict[str, tuple[np.ndarray, np.ndarray]],
 
 
 def svd_study(model, variables, config: ml_collections.ConfigDict, data: Points,
-              subset_size: Optional[int] = None, directory: Optional[str] = None) -> dict:
+              subset_size: Optional[int] = None, directory: Optional[str] = None,
+              hosts: Optional[Hosts] = None) -> dict:
   """Runs `config.evaluation.svd_study`: per attack, accuracy on x_adv and on x_swap.
 
   Args:
-    model, variables, data, subset_size: as `robustness.evaluate_robustness`.
+    model, variables, data, subset_size, hosts: as `robustness.evaluate_robustness`
+      (several hosts: each its share, the verdicts gathered; the same summary on each).
     config: reads `config.evaluation` (threat models, seed, batch size) and its
       `svd_study` block (attacks, grid_attacks, grid_images).
     directory: if given, the JSON, Markdown and the two PNGs are written there and the
-      table printed.
+      table printed (by process 0 only).
 
   Returns:
     {"num_points", "clean_accuracy", "results": [{name, label, norm, eps, accuracy_adv,
-    accuracy_swap}], "files": [...]}.
+    accuracy_swap}], "files": [...]} (`files`: empty on the other processes).
   """
   evaluation, study = config.evaluation, config.evaluation.svd_study
-  x, y = load_points(data, evaluation, subset_size)
-  fn, batch_size = logits_fn(model, variables), evaluation.batch_size
+  hosts = current_hosts() if hosts is None else hosts
+  x, y, index, total = load_share(data, evaluation, subset_size, hosts)
+  fn, batch_size = logits_fn(model, parallel.host_local(variables)), evaluation.batch_size
   clean_correct = predict(fn, x, batch_size) == y
-  clean = float(np.mean(clean_correct))
-  results, pictures, log = [], {}, ProgressLog()
+  clean = float(np.mean(gather_points(clean_correct, index, total, hosts)))
+  # Fig. 2's images: the first `grid_images` points of the evaluation, wherever they are.
+  shown = min(study.grid_images, total)
+  in_grid = index < shown
+  grid = lambda tree: gather_points(jax.tree_util.tree_map(lambda a: a[in_grid], tree),
+                                    index[in_grid], shown, hosts)
+  results, pictures = [], {}
+  log = ProgressLog(host=f"host {hosts.index + 1}/{hosts.count}" if hosts.count > 1 else "")
   for name in study.attacks:
     spec = parse_spec(name, evaluation)
     # Only the points still robust are attacked: a clean error's x_adv is x itself.
     outcome = run_attack(build_attack(spec, evaluation), fn, x, y,
                          attack_key(evaluation.seed, name), batch_size, clean_correct,
-                         progress=log.attack(name))
-    accuracy_adv, accuracy_swap, x_swap = swap_accuracies(fn, outcome.x_adv, x, y,
-                                                          batch_size)
+                         index=index, progress=log.attack(name))
+    correct_adv, correct_swap, x_swap = swap_correct(fn, outcome.x_adv, x, y, batch_size)
+    correct_adv, correct_swap = gather_points((correct_adv, correct_swap), index, total,
+                                              hosts)
     results.append({"name": name, "label": spec.label, "norm": spec.norm, "eps": spec.eps,
-                    "accuracy_adv": accuracy_adv, "accuracy_swap": accuracy_swap})
+                    "accuracy_adv": float(np.mean(correct_adv)),
+                    "accuracy_swap": float(np.mean(correct_swap))})
     if name in study.grid_attacks:
-      shown = slice(0, study.grid_images)
-      pictures[spec.label] = (outcome.x_adv[shown], x_swap[shown])
-  summary = {"num_points": int(len(y)), "seed": int(evaluation.seed),
+      pictures[spec.label] = grid((outcome.x_adv, x_swap))
+  summary = {"num_points": int(total), "seed": int(evaluation.seed),
              "clean_accuracy": clean, "results": results, "files": []}
   if directory is not None:
-    summary["files"] = _write(summary, x[:study.grid_images], pictures, directory)
+    images = grid(x)  # A collective with several hosts: each takes part.
+    if hosts.index == 0:
+      summary["files"] = _write(summary, images, pictures, directory)
   return summary
 
 
