@@ -1,19 +1,24 @@
 """evaluation/batching: the stratified, seeded subset of test points; attacks run only on
 the points still robust, with the result of attacking every point."""
 
+import dataclasses
 import os
 import subprocess
 import sys
+import threading
 
 import jax
 import numpy as np
 import pytest
 
 from siriib_jax import attacks
+from siriib_jax.configs import default
 from siriib_jax.data import InputPipeline
-from siriib_jax.evaluation import select_points
-from siriib_jax.evaluation.batching import run_attack
-from tests.helpers import assert_same_per_point, linear_attack_problem
+from siriib_jax.evaluation import evaluate_robustness, select_points
+from siriib_jax.evaluation.batching import (Hosts, assemble, run_attack, select_share,
+                                            share_index)
+from tests.helpers import (LinearClassifier, assert_same_per_point, fast_evaluation,
+                           linear_attack_problem, self_labelled_points, write_npz_dataset)
 
 
 def test_subset_is_stratified_and_fixed_by_seed(config):
@@ -123,3 +128,141 @@ def test_eight_devices_give_the_one_device_result_point_by_point(tmp_path):
   result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           timeout=900, check=False)
   assert result.returncode == 0 and result.stdout.strip().endswith("OK"), result.stderr[-3000:]
+
+
+# Issue 16 items 2-3: with several hosts each evaluates its share, every point keyed by its
+# global index, and the results are gathered. Simulated here: the shares of hosts 0 and 1
+# of 2 computed in turn (or in two threads exchanging through a fake allgather).
+def _dataset(config, directory, num_test):
+  config.dataset.name = "npz"
+  config.dataset.data_dir = write_npz_dataset(directory, num_test=num_test)
+  return config
+
+
+@pytest.mark.parametrize("subset_size", [0, 13])
+def test_shares_follow_eval_batches_and_partition_the_points(config, tmp_path, subset_size):
+  config = _dataset(config, tmp_path, num_test=21)
+  pipeline = lambda p, count: InputPipeline(config.dataset, global_batch_size=8, seed=0,
+                                            training=False, process_index=p,
+                                            process_count=count)
+  images, labels, index, total = select_share(pipeline(0, 1), subset_size, seed=3)
+  assert total == (subset_size or 21) == len(labels)
+  np.testing.assert_array_equal(index, np.arange(total))
+  seen = []
+  for p in range(2):
+    share = select_share(pipeline(p, 2), subset_size, seed=3)
+    np.testing.assert_array_equal(share.index, share_index(total, 8, p, 2))
+    np.testing.assert_array_equal(share.images, images[share.index])
+    np.testing.assert_array_equal(share.labels, labels[share.index])
+    seen.append(share.index)
+  np.testing.assert_array_equal(np.sort(np.concatenate(seen)), np.arange(total))
+  # Host 0 has [0, 4) and [8, 12) of each 8, host 1 [4, 8) and [12, 16).
+  assert list(seen[1][:5]) == [4, 5, 6, 7, 12]
+  with pytest.raises(ValueError, match="do not cover"):
+    assemble([(seen[0], seen[0]), (seen[0], seen[0])], total)
+
+
+def _cheap_autoattack(eps):
+  return attacks.AutoAttack(eps, attacks={
+      "apgd-ce": attacks.apgd(eps, steps=5),
+      "apgd-t": attacks.apgd_targeted(eps, steps=5, n_target_classes=2),
+      "square": attacks.square(eps, queries=30)}, bucket=8, compact_every=5)
+
+
+SHARED_ATTACKS = {"pgd": lambda eps: attacks.pgd(eps, eps / 4, 5),  # Random start.
+                  "square": lambda eps: attacks.square(eps, queries=40),
+                  "autoattack": _cheap_autoattack}
+
+
+@pytest.mark.parametrize("name", list(SHARED_ATTACKS))
+def test_two_host_shares_keyed_globally_give_the_one_host_result(name):
+  fn, x, y, eps, clean_correct = linear_attack_problem(n=22)
+  attack, key = SHARED_ATTACKS[name](eps), jax.random.key(5)
+  one = run_attack(attack, fn, x, y, key, 8, clean_correct, compact_every=7)
+  shares, local_keys = [], []
+  for p in range(2):
+    index = share_index(len(x), 8, p, 2)
+    ours = run_attack(attack, fn, x[index], y[index], key, 8, clean_correct[index],
+                      index=index, compact_every=7)
+    shares.append((index, {"success": ours.success, "x_adv": ours.x_adv}))
+    if p == 1:  # Keyed by the position in the share instead: another result.
+      local_keys = run_attack(attack, fn, x[index], y[index], key, 8, clean_correct[index],
+                              compact_every=7).x_adv
+      assert not np.array_equal(local_keys[clean_correct[index]],
+                                ours.x_adv[clean_correct[index]])
+  two = assemble(shares, len(x))
+  np.testing.assert_array_equal(two["success"], one.success)
+  broken = one.success & clean_correct
+  assert 0 < broken.sum() < clean_correct.sum()
+  np.testing.assert_array_equal(two["x_adv"][broken], one.x_adv[broken])
+
+
+class _Exchange:
+  """`Hosts` of `count` simulated processes, one per thread: `allgather` waits for all of
+  them and returns their arrays stacked, as `process_allgather` does."""
+
+  def __init__(self, count):
+    self.barrier = threading.Barrier(count, timeout=600)
+    self.slots = [None] * count
+
+  def hosts(self, p):
+    def allgather(tree):
+      self.slots[p] = jax.tree.map(np.asarray, tree)
+      self.barrier.wait()
+      out = jax.tree.map(lambda *leaves: np.stack(leaves), *self.slots)
+      self.barrier.wait()
+      return out
+    return Hosts(p, len(self.slots), allgather)
+
+
+def _in_threads(functions):
+  results, errors = [None] * len(functions), []
+
+  def run(i):
+    try:
+      results[i] = functions[i]()
+    except BaseException as error:  # pylint: disable=broad-except
+      errors.append(error)
+
+  threads = [threading.Thread(target=run, args=(i,)) for i in range(len(functions))]
+  for thread in threads:
+    thread.start()
+  for thread in threads:
+    thread.join()
+  if errors:
+    raise errors[0]
+  return results
+
+
+def test_two_simulated_hosts_write_the_one_host_report_from_process_0(tmp_path):
+  config = fast_evaluation(default.get_config())
+  config.evaluation.batch_size = 8
+  config.evaluation.linf.eps = config.evaluation.linf.step_size = 1 / 255  # ~Half break.
+  config.evaluation.checklist.large_eps = 0
+  config.evaluation.save_examples = True
+  model = LinearClassifier()
+  variables, x, y = self_labelled_points(model, n=22)
+  y = y.copy()
+  y[[1, 6]] = (y[[1, 6]] + 1) % 10  # A clean error on each host.
+  names = ("clean", "pgd5", "autoattack")
+  run = lambda directory, hosts=None: evaluate_robustness(
+      model, variables, config, (x, y), attacks=names, directory=str(directory), hosts=hosts)
+  one = run(tmp_path / "one")
+  exchange = _Exchange(2)
+  reports = _in_threads([lambda p=p: run(tmp_path / f"host{p}", exchange.hosts(p))
+                         for p in range(2)])
+  assert not (tmp_path / "host1").exists()  # Only process 0 writes.
+  strip = lambda rows: [{**dataclasses.asdict(r), "seconds": 0} for r in rows]
+  for report in reports:  # Every host builds the one-host report.
+    assert strip(report.rows) == strip(one.rows)
+    assert report.meta["num_points"] == 22 and report.meta["processes"] == 2
+    for name, cascade in one.autoattack.items():
+      assert [{**c, "seconds": 0} for c in report.autoattack[name].values()] == \
+             [{**c, "seconds": 0} for c in cascade.values()]
+    assert [c.passed for c in report.checklist] == [c.passed for c in one.checklist]
+  assert 0 < one.accuracy("autoattack") < one.accuracy("clean") < 1
+  for name in names[1:]:
+    ours, reference = (np.load(tmp_path / d / f"{name}.npz") for d in ("host0", "one"))
+    for field in reference.files:
+      np.testing.assert_array_equal(ours[field], reference[field], err_msg=field)
+  assert (tmp_path / "host0" / "robustness.json").exists()
