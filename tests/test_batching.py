@@ -202,7 +202,7 @@ class _Exchange:
   them and returns their arrays stacked, as `process_allgather` does."""
 
   def __init__(self, count):
-    self.barrier = threading.Barrier(count, timeout=600)
+    self.barrier = threading.Barrier(count, timeout=3600)  # A loaded CI machine.
     self.slots = [None] * count
 
   def hosts(self, p):
