@@ -59,6 +59,14 @@ def get_config() -> ml_collections.ConfigDict:
   # λ2 R_τ in the loss (for ablation; README "Model" says why "exact" is the default).
   # Checkpoints of one mode do not load in the other.
   config.model.siriib.orthogonality = "exact"
+  # Where the SR blocks sit (docs/purification.md): "plugin", SiRIIB inside the classifier
+  # (x_avg → c(·) → p_i → the backbone's skips; loss L_ori + λ1 (L_svd + L_info) + λ2 R_τ);
+  # "purifier", the SR blocks alone (x_avg of all scales, no c(·), no p_i; num_skips and
+  # variant unused) beside a plain backbone and connected to nothing: the backbone trains
+  # with the strategy's L_ori alone, the SR blocks with λ1 L_svd(x_avg(x_adv), x) + λ2 R_τ
+  # on the x_adv of that same step (paper App. C.5, Table 8), each part with its own copy
+  # of the optimiser. Checkpoints of one placement do not load in the other.
+  config.model.siriib.placement = "plugin"
 
   # L = L_ori + λ1 (L_svd + L_info) + λ2 R_τ (paper §4.2).
   config.loss = ml_collections.ConfigDict()

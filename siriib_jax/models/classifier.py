@@ -10,7 +10,8 @@ import ml_collections
 
 from siriib_jax.config_errors import ConfigError, check_choice, fail
 from siriib_jax.models.backbones import BACKBONES
-from siriib_jax.models.siriib import EXTRACTOR_VARIANTS, ORTHOGONALITY_MODES, SiRIIB
+from siriib_jax.models.siriib import (EXTRACTOR_VARIANTS, ORTHOGONALITY_MODES, PLACEMENT_KEY,
+                                     PLACEMENTS, SiRIIB, SRPurifier)
 
 
 @flax.struct.dataclass
@@ -21,10 +22,14 @@ class ModelOutput:
     logits: (B, num_classes) float32.
     x_avg: (B, H, W, 3) in (0, 1), SiRIIB's sigmoid-averaged SR output; None without SiRIIB.
     features: the IB skip features `f_i` added to the backbone, () without SiRIIB.
+    purified: (B, H, W, 3) in (0, 1), the x_avg of the detached SR purifier
+      (`model.siriib.placement = "purifier"`), which the logits do not see; None otherwise.
+      `x_avg` and `features` are then None and () (the classifier is the plain backbone).
   """
   logits: jnp.ndarray
   x_avg: Optional[jnp.ndarray] = None
   features: tuple = ()
+  purified: Optional[jnp.ndarray] = None
 
 
 class Classifier(nn.Module):
@@ -33,20 +38,61 @@ class Classifier(nn.Module):
   SiRIIB sees the raw image; the backbone sees `(x − mean) / std`, with the `f_i` added to
   its skip targets. Parameters: `{'backbone': …, 'siriib': …}`, the backbone's tree being
   the same as without SiRIIB.
+
+  With a `purifier` (`SRPurifier`, placement "purifier"; at most one of `siriib` and
+  `purifier`), the logits are the plain backbone's on x and the purifier's x_avg of the
+  same x is returned beside them as `purified`, connected to nothing (paper App. C.5).
+  Parameters: `{'backbone': …, 'purifier': …}`. `backbone_logits` and `purify` are the
+  two parts alone (Table 8: `evaluation/purification.py`).
   """
   backbone: nn.Module
   siriib: Optional[SiRIIB] = None
   mean: Sequence[float] = (0.4914, 0.4822, 0.4465)
   std: Sequence[float] = (0.2471, 0.2435, 0.2616)
+  purifier: Optional[SRPurifier] = None
 
   def __call__(self, x: jnp.ndarray, train: bool = False) -> ModelOutput:
     x = x.astype(jnp.float32)
-    x_avg, features = None, ()
+    x_avg, features, purified = None, (), None
     if self.siriib is not None:
       x_avg, features = self.siriib(x, self.backbone.skip_targets, train)
+    if self.purifier is not None:
+      purified = self.purifier(x, train)
     normalised = (x - jnp.asarray(self.mean)) / jnp.asarray(self.std)
     logits = self.backbone(normalised, skips=features, train=train)
-    return ModelOutput(logits, x_avg, features)
+    return ModelOutput(logits, x_avg, features, purified)
+
+  def backbone_logits(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
+    """The backbone alone on x (B, H, W, 3) in [0, 1]: logits (B, K) float32, no skips.
+
+    Raises:
+      ValueError: a SiRIIB plug-in model, whose backbone is trained with the f_i added.
+    """
+    if self.siriib is not None:
+      raise ValueError("backbone_logits: the backbone of a SiRIIB plug-in model needs its "
+                       "skip features; use the model itself")
+    normalised = (x.astype(jnp.float32) - jnp.asarray(self.mean)) / jnp.asarray(self.std)
+    return self.backbone(normalised, skips=(), train=train).astype(jnp.float32)
+
+  def purify(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
+    """The purifier's x_avg (B, H, W, 3) in (0, 1) of x (B, H, W, 3) in [0, 1].
+
+    Raises:
+      ValueError: the model has no purifier (`model.siriib.placement` is not "purifier").
+    """
+    if self.purifier is None:
+      raise ValueError("purify: the model has no SR purifier (build it with "
+                       "model.siriib.enabled=True and model.siriib.placement='purifier')")
+    return self.purifier(x.astype(jnp.float32), train)
+
+
+def placement_of(params) -> Optional[str]:
+  """The SiRIIB placement ("plugin", "purifier") a classifier's parameter tree was built
+  with, from its top-level keys (`PLACEMENT_KEY`); None for a plain backbone or a tree
+  that is not a classifier's."""
+  keys = set(params) if hasattr(params, "keys") else set()
+  found = [p for p in PLACEMENTS if PLACEMENT_KEY[p] in keys]
+  return found[0] if len(found) == 1 else None
 
 
 def _validate_model_config(config: ml_collections.ConfigDict, image_size: int) -> None:
@@ -64,12 +110,14 @@ def _validate_model_config(config: ml_collections.ConfigDict, image_size: int) -
   if min(config.std) <= 0:
     fail("model.std", tuple(config.std), "every value must be > 0")
   s = config.siriib
+  check_choice("model.siriib.placement", s.placement, PLACEMENTS)
   if not s.enabled:
     return
-  if not 1 <= s.num_skips <= 3:
-    fail("model.siriib.num_skips", s.num_skips, "it must be 1, 2 or 3 (the paper finds 4 or "
-         "more do not converge, §5.2)")
-  check_choice("model.siriib.variant", s.variant, EXTRACTOR_VARIANTS)
+  if s.placement == "plugin":  # c(·) and the p_i: the purifier has neither.
+    if not 1 <= s.num_skips <= 3:
+      fail("model.siriib.num_skips", s.num_skips, "it must be 1, 2 or 3 (the paper finds 4 "
+           "or more do not converge, §5.2)")
+    check_choice("model.siriib.variant", s.variant, EXTRACTOR_VARIANTS)
   check_choice("model.siriib.orthogonality", s.orthogonality, ORTHOGONALITY_MODES)
   scales = tuple(s.scales)
   if not scales or any(not isinstance(v, int) or not 1 <= v <= image_size for v in scales):
@@ -92,21 +140,28 @@ def create_model(config: ml_collections.ConfigDict, image_size: int,
     dtype: the backbone's compute dtype (parameters stay float32). The SiRIIB branch
       computes in float32 whatever `dtype` (in bf16 its losses diverged; BENCHMARKS.md §3c).
 
+  With `model.siriib.enabled`, `model.siriib.placement` says where the SR blocks go:
+  "plugin", SiRIIB in the classifier; "purifier", an `SRPurifier` beside the plain backbone
+  (`Classifier`; `num_skips` and `variant` are then unused).
+
   Raises:
     ConfigError naming the first bad key, its value and the allowed values.
   """
   _validate_model_config(config, image_size)
   backbone = BACKBONES[config.name](num_classes=config.num_classes,
                                     width_multiplier=config.width_multiplier, dtype=dtype)
-  siriib = None
-  if config.siriib.enabled:
+  siriib, purifier = None, None
+  s = config.siriib
+  if s.enabled and s.placement == "purifier":
+    purifier = SRPurifier(scales=tuple(s.scales), orth_channels=s.orth_channels,
+                          fft_eps=s.fft_eps, dtype=jnp.float32, orthogonality=s.orthogonality)
+  elif s.enabled:
     for target in backbone.skip_targets:
       if image_size % target.stride:
         raise ConfigError(f"image size {image_size} is not divisible by the stride "
                           f"{target.stride} of a SiRIIB skip target of {config.name}")
-    s = config.siriib
     siriib = SiRIIB(scales=tuple(s.scales), num_skips=s.num_skips, variant=s.variant,
                     orth_channels=s.orth_channels, fft_eps=s.fft_eps,
                     width_multiplier=config.width_multiplier, dtype=jnp.float32,
                     orthogonality=s.orthogonality)
-  return Classifier(backbone, siriib, tuple(config.mean), tuple(config.std))
+  return Classifier(backbone, siriib, tuple(config.mean), tuple(config.std), purifier)

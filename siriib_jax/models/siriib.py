@@ -27,6 +27,14 @@ ORTHOGONALITY_MODES = ("exact", "penalty")
 # checkpoint of one mode cannot be restored into a model of the other: the same 3 × N
 # numbers mean W itself in "penalty" mode and the unconstrained A of W = polar(A) in "exact".
 ORTHOGONAL_MODULE = {"penalty": "orthogonal", "exact": "orthogonal_polar"}
+# Where the SR blocks sit (`model.siriib.placement`): "plugin", SiRIIB inside the classifier
+# (x_avg → c(·) → p_i → the backbone's skips, paper §4.2); "purifier", the SR blocks alone
+# (x_avg only), trained with L_svd beside a plain backbone and never feeding it (paper App.
+# C.5, Table 8; docs/purification.md).
+PLACEMENTS = ("plugin", "purifier")
+# The classifier's top-level parameter key of each placement. The keys differ so that a
+# checkpoint of one placement cannot be restored into a model of the other.
+PLACEMENT_KEY = {"plugin": "siriib", "purifier": "purifier"}
 
 
 def sr_weight_matrices(params) -> dict:
@@ -194,11 +202,63 @@ class FeatureExtractor(nn.Module):
     return nn.relu(batch_norm(train, self.dtype, name="final_bn")(x))
 
 
+def sr_average(x: jnp.ndarray, scales: Sequence[int], orth_channels: int, fft_eps: float,
+               dtype, orthogonality: str, train: bool) -> jnp.ndarray:
+  """x_avg = mean_s upsample(sigmoid(SR_s(resize(x, s)))) (paper §4.2, Fig. 3; SPEC §2).
+
+  Call it from a compact method only: it creates one `SRBlock` per scale, named `sr{i}`,
+  as submodules of the calling module (SiRIIB's and the purifier's SR parameters are
+  therefore laid out alike: `<module>/sr{i}/…`).
+
+  Args:
+    x: raw images (B, H, W, 3) in [0, 1], H = W.
+    scales: the side of each scale's resized image (bilinear, no anti-aliasing).
+    orth_channels, fft_eps, dtype, orthogonality: the `SRBlock`s'.
+    train: BatchNorm mode of the blocks.
+  Returns:
+    x_avg (B, H, W, 3) float32 in (0, 1).
+  """
+  size = x.shape[1]
+  maps = []
+  for i, scale in enumerate(scales):
+    sr = SRBlock(orth_channels, fft_eps, dtype, orthogonality, name=f"sr{i}")
+    out = nn.sigmoid(sr(resize_bilinear(x, scale), train).astype(jnp.float32))
+    maps.append(resize_bilinear(out, size))
+  return sum(maps) / len(maps)
+
+
+class SRPurifier(nn.Module):
+  """The SR blocks alone: an input purifier `x → x_avg` (paper App. C.5, Table 8; C.6).
+
+  The same `x_avg` as SiRIIB's (`sr_average`: an independent `SRBlock` per scale, sigmoid,
+  bilinear resizing, mean), without c(·) and the p_i. With `model.siriib.placement =
+  "purifier"` the classifier holds it beside the backbone, fed the same input and
+  connected to nothing: the train step fits it with `L_svd(x_avg(x_adv), x)` on the
+  adversarial examples of the backbone's own adversarial training (docs/purification.md).
+
+  Args of `__call__`:
+    x: raw images (B, H, W, 3) in [0, 1], H = W.
+    train: BatchNorm mode of the SR blocks.
+  Returns:
+    x_avg (B, H, W, 3) float32 in (0, 1).
+  """
+  scales: Sequence[int] = (32, 24, 16, 8)
+  orth_channels: int = 12
+  fft_eps: float = 1e-8
+  dtype: jnp.dtype = jnp.float32
+  orthogonality: str = "exact"
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    return sr_average(x, self.scales, self.orth_channels, self.fft_eps, self.dtype,
+                      self.orthogonality, train)
+
+
 class SiRIIB(nn.Module):
   """The SiRIIB plug-in (paper §4.2, Fig. 3; SPEC §2).
 
-  `x_avg = mean_s upsample(sigmoid(SR_s(resize(x, s))))` over `scales` (an independent
-  SR block per scale, bilinear resizing), then `f_i = p_i(c(x_avg))` for the first
+  `x_avg = mean_s upsample(sigmoid(SR_s(resize(x, s))))` over `scales` (`sr_average`: an
+  independent SR block per scale, bilinear resizing), then `f_i = p_i(c(x_avg))` for the first
   `num_skips` skip targets: `p_i` is a 3×3 conv (with bias) from c(·)'s channels to the
   target's channels at full resolution, average-pooled by the target's stride (one
   `PooledConv` where the stride is > 1). `orthogonality` is the SR blocks' (`SRBlock`).
@@ -221,14 +281,8 @@ class SiRIIB(nn.Module):
 
   @nn.compact
   def __call__(self, x, targets: Sequence[SkipTarget], train: bool = False):
-    size = x.shape[1]
-    maps = []
-    for i, scale in enumerate(self.scales):
-      sr = SRBlock(self.orth_channels, self.fft_eps, self.dtype, self.orthogonality,
-                   name=f"sr{i}")
-      out = nn.sigmoid(sr(resize_bilinear(x, scale), train).astype(jnp.float32))
-      maps.append(resize_bilinear(out, size))
-    x_avg = sum(maps) / len(maps)
+    x_avg = sr_average(x, self.scales, self.orth_channels, self.fft_eps, self.dtype,
+                       self.orthogonality, train)
     h = FeatureExtractor(self.variant, targets[1].channels, self.width_multiplier,
                          self.dtype, name="extractor")(x_avg, train)
     features = []
