@@ -20,6 +20,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from siriib_jax import parallel
+from siriib_jax.models.classifier import placement_of
 from siriib_jax.numerics import all_finite
 
 
@@ -93,6 +94,31 @@ def describe_mismatch(found, expected, found_name: str = "the checkpoint",
         f"{expected[p][1]}" for p in differ[:limit]) +
                  (f" and {len(differ) - limit} more" if len(differ) > limit else ""))
   return "; ".join(lines) if lines else None
+
+
+def _params_of(tree):
+  """The `params` subtree of a train state, its checkpoint metadata or a variables dict."""
+  if hasattr(tree, "params"):
+    return tree.params
+  return tree.get("params", {}) if hasattr(tree, "get") else {}
+
+
+def placement_hint(found, expected, found_name: str = "the checkpoint",
+                   expected_name: str = "the model") -> str:
+  """A sentence naming `model.siriib.placement` ("plugin" / "purifier", by the top-level
+  parameter key: `models.classifier.placement_of`) or `model.siriib.enabled` when the two
+  trees (train states, their metadata, or variables dicts) differ in it; "" otherwise."""
+  found, expected = placement_of(_params_of(found)), placement_of(_params_of(expected))
+  if found == expected:
+    return ""
+  subject = found_name[:1].upper() + found_name[1:]
+  if found is not None and expected is not None:
+    return (f" {subject} holds the SR blocks as model.siriib.placement={found!r}, "
+            f"{expected_name} as {expected!r}: set --config.model.siriib.placement={found} "
+            f"to read it.")
+  setting = (f"model.siriib.enabled=True, placement={found!r}" if found is not None
+             else "model.siriib.enabled=False")
+  return f" {subject} was written with {setting}."
 
 
 def _replicated_here() -> jax.sharding.Sharding:
@@ -174,7 +200,9 @@ class Checkpoints:
       if mismatch:
         raise CheckpointError(
             f"The checkpoint of step {step} in {path} was written by another model or "
-            f"configuration than this run's: {mismatch}. It was left as it is. Use the "
+            f"configuration than this run's: {mismatch}."
+            f"{placement_hint(saved, abstract_state, 'the checkpoint', 'this run')} "
+            f"It was left as it is. Use the "
             f"config it was trained with (e.g. the same model, model.siriib settings and "
             f"optimizer), or a new --workdir to start afresh.")
     try:
@@ -244,9 +272,9 @@ def load_variables(workdir: str, which: str = "best",
       if mismatch:
         raise CheckpointError(
             f"The checkpoint of step {step} in {os.path.join(directory, str(step))} holds "
-            f"the variables of another model or mode than the configured one: {mismatch}. "
-            f"Evaluate it with the config it was trained with (same model, "
-            f"model.siriib settings and dataset).")
+            f"the variables of another model or mode than the configured one: {mismatch}."
+            f"{placement_hint(variables, expected)} Evaluate it with the config it was "
+            f"trained with (same model, model.siriib settings and dataset).")
     return variables, step
   raise CheckpointError(f"No checkpoint in {root}: train first, or pass the --workdir of a "
                         f"training run.")

@@ -62,7 +62,10 @@ def describe(config: ml_collections.ConfigDict) -> str:
   model = create_model(config.model, config.dataset.image_size)
   counts = count_complexity(model, config.dataset.image_size)
   siriib = config.model.siriib
-  name = config.model.name + (f"-SR({siriib.variant})" if siriib.enabled else "")
+  suffix = ""
+  if siriib.enabled:
+    suffix = "+SR-purifier" if siriib.placement == "purifier" else f"-SR({siriib.variant})"
+  name = config.model.name + suffix
   return (f"{name:<24} {counts.params / 1e6:8.2f} M params  {counts.macs / 1e9:6.2f} G MACs "
           f"({counts.params:,} params, {counts.macs:,} MACs, {config.dataset.image_size}² input)")
 

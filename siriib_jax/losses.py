@@ -110,3 +110,13 @@ def siriib_objective(loss_ori: jnp.ndarray, terms: SiriibTerms, lambda1: float,
   """Scalar `L = mean(L_ori) + λ1 mean(L_svd + L_info) + λ2 R_τ` (paper §4.2)."""
   return (jnp.mean(loss_ori) + lambda1 * jnp.mean(terms.svd + terms.info) +
           lambda2 * terms.orth)
+
+
+def purifier_objective(loss_ori: jnp.ndarray, svd: jnp.ndarray, orth: jnp.ndarray,
+                       lambda1: float, lambda2: float) -> jnp.ndarray:
+  """Scalar `mean(L_ori) + λ1 mean(L_svd) + λ2 R_τ` of `model.siriib.placement =
+  "purifier"` (paper App. C.5): `L_ori` (B,) the plain backbone's, `L_svd` (B,) the
+  purifier's `svd_loss(x_avg(x_adv), x)`, `R_τ` the purifier's `orthogonality_penalty`.
+  The two parts share no parameter and no activation, so the gradient of the sum is
+  `∇ L_ori` on the backbone and `∇ (λ1 L_svd + λ2 R_τ)` on the SR blocks."""
+  return jnp.mean(loss_ori) + lambda1 * jnp.mean(svd) + lambda2 * orth

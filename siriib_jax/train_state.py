@@ -6,8 +6,10 @@ from typing import Any, Optional
 import jax
 import jax.numpy as jnp
 import ml_collections
+import optax
 from flax.training import train_state
 
+from siriib_jax.models.siriib import PLACEMENT_KEY
 from siriib_jax.optimizer import make_optimizer
 from siriib_jax.strategies import Strategy, get_strategy
 
@@ -24,11 +26,29 @@ class TrainState(train_state.TrainState):
   ensemble: Optional[jnp.ndarray] = None
 
 
+PURIFIER_KEY = PLACEMENT_KEY["purifier"]
+
+
+def purifier_optimizer(config: ml_collections.ConfigDict,
+                       steps_per_epoch: int) -> optax.GradientTransformation:
+  """`make_optimizer` twice, for `model.siriib.placement = "purifier"`: one copy on the SR
+  purifier's parameters (top-level key `purifier`), one on the rest (the backbone), so that
+  neither part's update depends on the other's gradient — `optimizer.clip_global_norm`
+  included, which would otherwise scale the backbone's update by the purifier's gradient
+  norm. Per parameter the same SGD as `make_optimizer`."""
+  labels = lambda params: {k: "purifier" if k == PURIFIER_KEY else "classifier"
+                           for k in params}
+  return optax.multi_transform({"classifier": make_optimizer(config, steps_per_epoch),
+                                "purifier": make_optimizer(config, steps_per_epoch)}, labels)
+
+
 def create_train_state(model, config: ml_collections.ConfigDict, key: jax.Array,
                        image_shape: tuple[int, int, int], steps_per_epoch: int,
                        num_train_examples: int,
                        strategy: Optional[Strategy] = None) -> TrainState:
-  """Initialises the model on a dummy batch; TE's ensemble starts at zero.
+  """Initialises the model on a dummy batch; TE's ensemble starts at zero. With
+  `model.siriib.placement = "purifier"` (and SiRIIB enabled) the optimiser is
+  `purifier_optimizer`.
 
   Args:
     model: the Flax classifier (`models.create_model`).
@@ -48,7 +68,9 @@ def create_train_state(model, config: ml_collections.ConfigDict, key: jax.Array,
   ensemble = None
   if strategy.ensemble is not None:
     ensemble = strategy.ensemble.init(num_train_examples, config.model.num_classes)
-  return TrainState.create(apply_fn=model.apply, params=variables["params"],
-                           tx=make_optimizer(config, steps_per_epoch),
+  siriib = config.model.siriib
+  purifier = siriib.enabled and siriib.placement == "purifier"
+  tx = (purifier_optimizer if purifier else make_optimizer)(config, steps_per_epoch)
+  return TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
                            batch_stats=variables.get("batch_stats", {}),
                            ensemble=ensemble).replace(step=jnp.zeros((), jnp.int32))

@@ -29,8 +29,17 @@ def make_train_step(model, strategy: Strategy, config: ml_collections.ConfigDict
   set for TE. Randomness is `fold_in(key, state.step)`, so a resumed run repeats it.
   Metrics are batch means; `finite` is 0 when the update was skipped for a non-finite
   loss, gradient or updated parameter (the state then stays as it was).
+
+  With `model.siriib.placement = "purifier"` the inner attack and `L_ori` see the plain
+  backbone, and the SR purifier is fitted on the same step's x_adv with
+  `λ1 L_svd(x_avg(x_adv), x) + λ2 R_τ` (`losses.purifier_objective`; metrics `svd_loss`,
+  `r_tau`, `orth_error`); no gradient crosses between the two (paper App. C.5).
   """
-  use_siriib = config.model.siriib.enabled
+  siriib = config.model.siriib
+  use_siriib = siriib.enabled and siriib.placement == "plugin"
+  # The detached SR purifier (paper App. C.5): fitted with L_svd on this step's x_adv; its
+  # x_avg feeds nothing, so the backbone's gradient is L_ori's alone.
+  use_purifier = siriib.enabled and siriib.placement == "purifier"
   schedule = learning_rate_schedule(config, steps_per_epoch)
   lambda1, lambda2 = config.loss.lambda1, config.loss.lambda2
   ensemble = strategy.ensemble
@@ -40,7 +49,8 @@ def make_train_step(model, strategy: Strategy, config: ml_collections.ConfigDict
                                mutable=["batch_stats"])
     return out, updates["batch_stats"]
 
-  def objective(params, state, x, x_adv, y, index, epoch, with_siriib):
+  def objective(params, state, x, x_adv, y, index, epoch, with_terms):
+    with_siriib, with_purifier = with_terms and use_siriib, with_terms and use_purifier
     stats = state.batch_stats
     out_clean = None
     if strategy.needs_clean or with_siriib:
@@ -51,6 +61,13 @@ def make_train_step(model, strategy: Strategy, config: ml_collections.ConfigDict
                "accuracy_adv": jnp.mean(jnp.argmax(out_adv.logits, -1) == y)}
     if ensemble is not None:
       loss_ori = loss_ori + ensemble.consistency(out_adv.logits, state.ensemble, index, epoch)
+    if with_purifier:
+      svd = losses.svd_loss(out_adv.purified, x, config.loss.svd_eps)
+      orth = losses.orthogonality_penalty(params)
+      metrics.update(svd_loss=jnp.mean(svd), r_tau=orth,
+                     orth_error=losses.orthogonality_error(params))
+      total = losses.purifier_objective(loss_ori, svd, orth, lambda1, lambda2)
+      return total, (stats, out_adv.logits, metrics)
     if not with_siriib:
       return jnp.mean(loss_ori), (stats, out_adv.logits, metrics)
     terms = losses.siriib_terms(params, x, out_adv.x_avg, out_adv.features, out_clean.features,
@@ -79,7 +96,8 @@ def make_train_step(model, strategy: Strategy, config: ml_collections.ConfigDict
       params = strategy.weight_perturbation(params, awp_grads)
 
     (total, (stats, logits_adv, metrics)), grads = jax.value_and_grad(
-        objective, has_aux=True)(params, state, x, x_adv, y, index, epoch, use_siriib)
+        objective, has_aux=True)(params, state, x, x_adv, y, index, epoch,
+                                 use_siriib or use_purifier)
     new_state = state.apply_gradients(grads=grads, batch_stats=stats)
     if ensemble is not None:
       new_state = new_state.replace(ensemble=ensemble.update(state.ensemble, index,
