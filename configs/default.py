@@ -154,4 +154,24 @@ def get_config() -> ml_collections.ConfigDict:
   config.final_eval_size = 0
   config.final_eval_attacks = ("clean", "pgd20", "autoattack")
 
+  # The paper's tables and figures: --mode=paper (siriib_jax/paper.py, docs/paper.md). The
+  # workdir's own run is compared with these runs' workdirs (each rebuilt from the
+  # config.json its training wrote): baselines, SiRIIB runs of other λ1 / p_i counts /
+  # strategies / datasets, a purifier run (model.siriib.placement = "purifier").
+  config.paper = ml_collections.ConfigDict()
+  config.paper.runs = ()
+  config.paper.num_points = 200  # Stratified test points of every table (evaluation.seed).
+  # Columns of the accuracy tables (Tables 1, 2, 5, 6; Fig. 5-6), config.evaluation names.
+  config.paper.attacks = ("clean", "pgd20", "cw100", "autoattack")
+  config.paper.l2_attacks = ("l2-pgd20", "l2-cw100")  # Table 7.
+  config.paper.purification_attacks = ("pgd20", "pgd100", "cw100", "autoattack")  # Table 8.
+  config.paper.figure_attacks = ("pgd20", "cw100")  # Fig. 9 (the first), Fig. 10 (all).
+  config.paper.num_images = 8  # Test images in each picture grid (Fig. 2, 4, 7, 9-11).
+  config.paper.tsne_points = 200  # Points of the t-SNE (Fig. 8), ≤ num_points.
+  # Table 9: a folder of the CIFAR-10-C release (<corruption>.npy, labels.npy); "" = TFDS
+  # cifar10_corrupted in dataset.data_dir (docs/corruptions.md).
+  config.paper.corruptions_dir = ""
+  config.paper.corruptions = ()  # () = every corruption found (Table 9: its 12 of them).
+  config.paper.corruption_points = 100  # Images per corruption and severity (stratified).
+
   return config

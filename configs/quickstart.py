@@ -31,4 +31,9 @@ def get_config():
   config.log_every_steps = 10
   config.keep_checkpoints = 2
   config.final_eval_size = 20
+  # --mode=paper on quickstart-sized runs (docs/paper.md): few points, so a CPU run stays
+  # short; the figures show 8 of them.
+  config.paper.num_points = 50
+  config.paper.tsne_points = 50
+  config.paper.corruption_points = 20
   return config

@@ -10,7 +10,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from siriib_jax import complexity, export
+from siriib_jax import complexity, export, paper
 from siriib_jax.configs import default as default_config
 from siriib_jax.checkpointing import CheckpointError
 from siriib_jax.config_errors import ConfigError
@@ -23,7 +23,8 @@ from siriib_jax.train import NonFiniteLossError, train_and_evaluate
 _CONFIG = config_flags.DEFINE_config_file("config", None, "ml_collections config file.",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and metrics.")
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "complexity", "export", *EVALUATION_MODES],
+_MODE = flags.DEFINE_enum("mode", "train",
+                          ["train", "complexity", "export", "paper", *EVALUATION_MODES],
                           "What to run.")
 _MULTIHOST = flags.DEFINE_bool("multihost", False,
                                "Call jax.distributed.initialize() first (TPU pods, "
@@ -67,6 +68,8 @@ def main(argv):
       evaluate(_MODE.value, config, _WORKDIR.value)
     elif _MODE.value == "export":
       export.run(config, _WORKDIR.value)
+    elif _MODE.value == "paper":
+      paper.paper(config, _WORKDIR.value)
     else:
       train_and_evaluate(config, _WORKDIR.value)
   except (ConfigError, DatasetNotFoundError, CheckpointError, NonFiniteLossError) as error:

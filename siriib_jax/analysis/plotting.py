@@ -7,6 +7,8 @@ is safe to import anywhere, headless included. Computation lives beside it (`xav
 
 * `image_grid`: rows of pictures with a label at the left of each row (Fig. 4, 7, 9, 10, 11).
 * `embedding_figure`: 2-D embeddings side by side on common axes, coloured by class (Fig. 8).
+* `accuracy_scatter`: clean against robust accuracy per attack, baseline solid and SiRIIB
+  hollow (Fig. 5, 6).
 * `save_png`: writes a figure to a PNG file.
 """
 
@@ -152,6 +154,42 @@ def embedding_figure(embeddings: Mapping[str, np.ndarray], labels: np.ndarray,
                     frameon=False)
   if title:
     figure.suptitle(title, fontsize=10)
+  return figure
+
+
+def accuracy_scatter(points: Mapping[str, tuple[bool, float, Mapping[str, float]]],
+                     panel_inches: float = 3.0) -> Figure:
+  """Clean accuracy (x) against robust accuracy (y), one panel per attack (Fig. 5, 6: the
+  paper's solid markers are the backbones, hollow ones the SiRIIB models).
+
+  Args:
+    points: run label → (is SiRIIB, clean accuracy %, {attack label: robust accuracy %});
+      every run with the same attack labels.
+    panel_inches: the side of one panel.
+
+  Returns:
+    the `Figure`, one axes per attack in the first run's order, a legend of the runs.
+
+  Raises:
+    ValueError: no runs, or runs with different attacks.
+  """
+  if not points:
+    raise ValueError("accuracy_scatter needs at least one run")
+  attacks = list(next(iter(points.values()))[2])
+  if any(list(robust) != attacks for _, _, robust in points.values()):
+    raise ValueError(f"every run needs the same attacks, in order: {attacks}")
+  figure = Figure(figsize=(panel_inches * max(1, len(attacks)), panel_inches))
+  FigureCanvasAgg(figure)
+  axes = figure.subplots(1, max(1, len(attacks)), squeeze=False)[0]
+  colours = colormaps["tab10"](np.arange(len(points)) % 10)
+  for ax, attack in zip(axes, attacks):
+    for colour, (label, (siriib, clean, robust)) in zip(colours, points.items()):
+      ax.scatter([clean], [robust[attack]], s=40, label=label, edgecolors=[colour],
+                 facecolors="none" if siriib else [colour], linewidths=1.5)
+    ax.set_title(attack, fontsize=9)
+    ax.set_xlabel("clean accuracy (%)", fontsize=8)
+  axes[0].set_ylabel("robust accuracy (%)", fontsize=8)
+  axes[-1].legend(fontsize=6, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
   return figure
 
 
