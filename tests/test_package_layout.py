@@ -8,7 +8,7 @@ ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
 # Folders that are libraries, and the modules that are entry points above them.
 LIBRARY_FOLDERS = ("analysis", "attacks", "data", "evaluation", "models")
 ENTRY_POINTS = ("siriib_jax.train", "siriib_jax.evaluate", "siriib_jax.config_validation",
-                "siriib_jax.export")
+                "siriib_jax.export", "siriib_jax.paper")
 
 
 def _imports():
