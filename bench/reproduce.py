@@ -37,7 +37,7 @@ sys.path.insert(0, str(REPO))
 
 from siriib_jax.configs import default  # noqa: E402  pylint: disable=wrong-import-position
 from siriib_jax.data import stratified_subset  # noqa: E402
-from siriib_jax.evaluate import evaluate  # noqa: E402
+from siriib_jax.evaluate import evaluate as evaluate_checkpoint  # noqa: E402
 from siriib_jax.train import train_and_evaluate  # noqa: E402
 from siriib_jax.runtime import configure_process  # noqa: E402
 
@@ -95,7 +95,7 @@ def evaluate(config, workdir: pathlib.Path, attacks, subset_size: int) -> dict:
   config.evaluation.attacks = tuple(attacks)
   config.evaluation.subset_size = subset_size
   config.evaluation.checklist.large_eps = 0.0
-  report = evaluate("eval", config, str(workdir))
+  report = evaluate_checkpoint("eval", config, str(workdir))
   kept = workdir / f"evaluation_{'_'.join(attacks)}"
   shutil.rmtree(kept, ignore_errors=True)  # From an interrupted earlier attempt.
   (workdir / "evaluation").rename(kept)

@@ -1,4 +1,7 @@
-"""siriib_jax/paper.py (`--mode=paper`): the report on two tiny trained runs."""
+"""siriib_jax/paper.py (`--mode=paper`): the report on two tiny trained runs.
+
+The report test trains two runs and runs every section's attacks (3.5 minutes here): it is
+`slow`, run with `pytest -m slow tests/test_paper.py`."""
 
 import json
 import os
@@ -38,6 +41,7 @@ def two_runs(tmp_path_factory):
   return root, configs
 
 
+@pytest.mark.slow
 def test_the_report_names_every_section_and_links_pngs_that_exist(two_runs):
   root, configs = two_runs
   config = configs["sr"]

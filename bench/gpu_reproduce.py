@@ -1,0 +1,160 @@
+"""ResNet-18 against ResNet-18-SR, PGD-AT on the full CIFAR-10, within ~10 minutes of one GPU
+(issue 14, item 6; RESULTS.md "GPU reproduction").
+
+Both models train on one short schedule (`--epochs`, piecewise learning rate 0.1 → 0.01 →
+0.001 at 75 % and 90 % of it; PGD-10 inner attack, L∞ ε = 8/255, α = 2/255; batch 128;
+bf16 compute on an accelerator, `config.half_precision`), everything else as
+`configs/cifar10_r18.py` (the paper's §5.1 setting, SPEC §4, exact orthogonality). Then,
+on the best checkpoint by validation PGD-20 (1,000 held-out training images): clean and
+PGD-20 accuracy on all 10,000 test images, and AutoAttack (standard) on a fixed stratified
+1,000 (`--autoattack_size`, evaluation seed 0) — through the product (`train_and_evaluate`,
+`evaluate`), as `main.py` runs them.
+
+Data: the folder of `python ../shared/data/cifar.py pack .gpu_data` (a 47 MiB copy that the
+device tool can carry: the lossless test split and the training split as **JPEG quality
+92**, which any result must say) or `../shared/data` itself (the lossless pixels). On the
+device:
+
+    python ../shared/data/cifar.py pack .gpu_data     # here, once (.gpu_data is ignored)
+    # device tool, carry [".gpu_data"]:
+    PYTHONUNBUFFERED=1 python bench/gpu_reproduce.py --data .gpu_data --out $OUT/gpu_repro
+
+    python bench/gpu_reproduce.py --data ../shared/data --out /tmp/gr --toy   # CPU check
+
+`--toy` shrinks everything (width 1/8, 512 training images, 1 epoch, PGD-1, 64 + 20 test
+points) to check the script on a CPU in a few minutes; its numbers mean nothing.
+Writes `--out/results.json` (per model: accuracies in %, seconds of each phase, the
+training summary's `orthogonality_error` for the SR model) and prints a Markdown table.
+"""
+
+import argparse
+import importlib.util
+import json
+import pathlib
+import sys
+import time
+
+import numpy as np
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from siriib_jax.runtime import configure_process  # noqa: E402  pylint: disable=wrong-import-position
+
+configure_process()  # As main.py runs; before JAX initialises its backends.
+
+import jax  # noqa: E402  pylint: disable=wrong-import-position
+
+from reproduce import evaluate  # noqa: E402  pylint: disable=wrong-import-position
+from siriib_jax.configs import cifar10_r18  # noqa: E402  pylint: disable=wrong-import-position
+from siriib_jax.data import stratified_subset  # noqa: E402  pylint: disable=wrong-import-position
+from siriib_jax.train import train_and_evaluate  # noqa: E402  pylint: disable=wrong-import-position
+
+MODELS = {"resnet18": False, "resnet18_sr": True}  # name -> SiRIIB enabled.
+
+
+def _parse_args(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  p.add_argument("--data", type=pathlib.Path, required=True,
+                 help="a folder with cifar.py: .gpu_data (packed) or ../shared/data")
+  p.add_argument("--out", type=pathlib.Path, required=True)
+  p.add_argument("--epochs", type=int, default=8)
+  p.add_argument("--batch_size", type=int, default=128)
+  p.add_argument("--autoattack_size", type=int, default=1000)
+  p.add_argument("--eval_size", type=int, default=0, help="clean / PGD-20 points; 0 = all")
+  p.add_argument("--models", default="resnet18,resnet18_sr")
+  p.add_argument("--toy", action="store_true", help="a few-minute CPU check of the script")
+  return p.parse_args(argv)
+
+
+def load_pixels(folder: pathlib.Path):
+  """(train images, labels, split name), (test images, labels) from `folder/cifar.py`: the
+  JPEG-q92 training split where the folder is a packed copy, else the lossless one."""
+  spec = importlib.util.spec_from_file_location("cifar_pixels", folder / "cifar.py")
+  cifar = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(cifar)
+  split = "train_q92" if (folder / "cifar10_train_q92.json").exists() else "train"
+  return (*cifar.load("cifar10", split), split), cifar.load("cifar10", "test")
+
+
+def write_npz(out: pathlib.Path, folder: pathlib.Path, train_size: int) -> tuple[str, str]:
+  """`out/data/{train,test}.npz` (all training images, or a stratified `train_size`);
+  returns the folder and the training split's name."""
+  (train_x, train_y, split), (test_x, test_y) = load_pixels(folder)
+  if train_size:
+    keep = stratified_subset(train_y, train_size, seed=0)
+    train_x, train_y = train_x[keep], train_y[keep]
+  directory = out / "data"
+  directory.mkdir(parents=True, exist_ok=True)
+  np.savez(directory / "train.npz", image=train_x, label=train_y)
+  np.savez(directory / "test.npz", image=test_x, label=test_y)
+  return str(directory), split
+
+
+def make_config(args, data_dir: str, siriib: bool):
+  config = cifar10_r18.get_config()
+  config.dataset.name = "npz"
+  config.dataset.data_dir = data_dir
+  config.model.siriib.enabled = siriib
+  config.num_epochs = args.epochs
+  config.optimizer.decay_epochs = (max(1, round(0.75 * args.epochs)),
+                                   max(1, round(0.9 * args.epochs)))
+  config.batch_size = args.batch_size
+  config.half_precision = jax.default_backend() != "cpu"
+  config.keep_checkpoints = 1
+  config.log_every_steps = 100
+  config.final_eval_size = 0  # Evaluated below through `evaluate`.
+  config.evaluation.seed = 0  # The same points and attack randomness for both models.
+  config.evaluation.batch_size = 1000 if jax.default_backend() != "cpu" else 256
+  if args.toy:
+    config.model.width_multiplier = 0.125
+    config.model.siriib.scales = (32, 16)
+    config.dataset.validation_size = 64
+    config.attack.steps = 1
+    config.eval_pgd_steps = 1
+    config.evaluation.square_queries = 50
+  return config
+
+
+def main(argv=None):
+  args = _parse_args(argv)
+  if args.toy:
+    args.epochs, args.batch_size = 1, 32
+    args.eval_size, args.autoattack_size = args.eval_size or 64, min(args.autoattack_size, 20)
+  started = time.time()
+  data_dir, split = write_npz(args.out, args.data, 512 if args.toy else 0)
+  results = {"_run": {"backend": jax.default_backend(),
+                      "devices": [d.device_kind for d in jax.devices()],
+                      "train_split": split, "args": {k: str(v) for k, v in vars(args).items()},
+                      "data_seconds": time.time() - started}}
+  path = args.out / "results.json"
+  for name in args.models.split(","):
+    config, workdir = make_config(args, data_dir, MODELS[name]), args.out / name
+    start = time.time()
+    summary = train_and_evaluate(config, str(workdir))
+    if summary["status"] != "completed":
+      raise SystemExit(f"{name}: training {summary['status']}")
+    trained = time.time()
+    accuracies = evaluate(config, workdir, ("clean", "pgd20"), args.eval_size)
+    evaluated = time.time()
+    accuracies.update(evaluate(config, workdir, ("autoattack",), args.autoattack_size))
+    results[name] = {**accuracies, "train_seconds": trained - start,
+                     "clean_pgd20_seconds": evaluated - trained,
+                     "autoattack_seconds": time.time() - evaluated,
+                     "best_validation_pgd": summary.get("best_validation_pgd"),
+                     "orthogonality_error": summary.get("orthogonality_error")}
+    path.write_text(json.dumps(results, indent=1))
+    print(name, json.dumps(results[name]), flush=True)
+
+  print(f"\n| model | clean (10,000) | PGD-20 (10,000) | AutoAttack ({args.autoattack_size}) "
+        f"| train s |\n|---|---|---|---|---|")
+  for name in args.models.split(","):
+    r = results[name]
+    print(f"| {name} | {r['clean']:.2f} | {r['pgd20']:.2f} | {r['autoattack']:.2f} | "
+          f"{r['train_seconds']:.0f} |")
+  print(f"training pixels: {split}" + (" (JPEG quality 92)" if split == "train_q92" else ""))
+
+
+if __name__ == "__main__":
+  main()
