@@ -19,18 +19,18 @@ def test_a_grid_has_one_labelled_row_per_entry_and_shows_its_pixels(tmp_path):
   red = np.zeros((3, 8, 8, 3), np.float32)
   red[..., 0] = 1.0
   heat = np.linspace(0, 1, 3 * 8 * 8, dtype=np.float32).reshape(3, 8, 8)
-  rows = [Row("x", red), Row("heatmap", heat), ("grey", np.full((3, 8, 8, 1), 0.5))]
+  rows = [Row("x", red), Row("heatmap", heat), ("top", np.ones((3, 8, 8, 1)))]
   figure = image_grid(rows, title="Fig. 9", column_labels=["a", "b", "c"])
   assert len(figure.axes) == 9
-  assert [figure.axes[3 * r].get_ylabel() for r in range(3)] == ["x", "heatmap", "grey"]
+  assert [figure.axes[3 * r].get_ylabel() for r in range(3)] == ["x", "heatmap", "top"]
   assert [ax.get_title() for ax in figure.axes[:3]] == ["a", "b", "c"]
   path = save_png(figure, str(tmp_path / "deep" / "grid.png"))
   pixels = _read(path)
   assert pixels.shape[0] > 100 and pixels.shape[1] > 100
-  # The red images are drawn: pure red pixels exist; no red was given elsewhere... and the
-  # grey row's mid-grey too.
+  # What was given is drawn: the RGB row's pure red (jet has none), and the single-channel
+  # row of ones through the colour map: jet(1) is dark red (0.5, 0, 0).
   assert np.any(np.all(pixels == [255, 0, 0], axis=-1))
-  assert np.any(np.all(np.abs(pixels.astype(int) - 128) <= 1, axis=-1))
+  assert np.any(np.all(np.abs(pixels.astype(int) - [128, 0, 0]) <= 1, axis=-1))
 
 
 @pytest.mark.parametrize("rows,fragment", [

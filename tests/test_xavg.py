@@ -86,6 +86,7 @@ def test_figure_10_and_4_rows():
     attack_comparison_rows(x, {})
 
 
+@pytest.mark.slow  # Compiles adaptive PGD through SiRIIB's SVD loss: minutes on a busy CPU.
 def test_adaptive_examples_stay_in_the_ball_and_move():
   model, variables = tiny_model(siriib=True)
   x = _images(2, 8, size=16)

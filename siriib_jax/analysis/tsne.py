@@ -8,10 +8,12 @@ at most, where scikit-learn's speed is ample and openTSNE's FFT interpolation bu
 nothing; scikit-learn is the most widely kept and used of the two, ships wheels for every
 platform the project runs on, and needs only SciPy, which jax already brings.
 
-Determinism: the embedding is fixed by `seed` (`random_state`; PCA initialisation). The
+Determinism: the initialisation is PCA (more stable globally than a random one), so the
+optimisation starts from the features themselves and `seed` (`random_state`) only seeds
+scikit-learn's randomized PCA: in practice every seed gives the same embedding. The
 Barnes-Hut gradient is summed over OpenMP threads in a run-dependent order, which t-SNE's
 iterations could amplify, so the fit runs on one OpenMP thread (threadpoolctl): the same
-features and seed give the same embedding, bit for bit.
+features give the same embedding, bit for bit.
 
 Each model's features are embedded separately with the same seed and settings, as the
 paper's two panels are; t-SNE preserves neighbourhoods, not distances, so how spread out a
@@ -39,7 +41,8 @@ def embed(features: np.ndarray, seed: int = 0, perplexity: float = 30.0,
 
   Args:
     features: (N, C) float, N ≥ 4 (one row per test point).
-    seed: fixes the embedding (`random_state`).
+    seed: scikit-learn's `random_state` (with the PCA initialisation the embedding does
+      not depend on it in practice; it is fixed so that nothing is left to chance).
     perplexity: t-SNE's effective number of neighbours; lowered to (N − 1) / 3 when N is
       too small for it (scikit-learn needs perplexity < N).
     max_iter: optimisation iterations (scikit-learn's minimum: 250).

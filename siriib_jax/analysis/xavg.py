@@ -12,9 +12,10 @@ to [0, 1] on its own, over all its pixels and channels together:
 `(d − min d) / (max d − min d)`. One scale for the three channels keeps the colour of the
 difference (which channel moved more); one scale per image, not per row, makes even a
 small difference visible, so the brightness of two pictures does not compare their
-magnitudes. A constant difference (max = min) maps to mid-grey 0.5. The row order of each
-difference follows its caption: `x − x_adv` and `x_avg − x_adv` in Fig. 9,
-`x_adv − x_avg` in Fig. 10 (min-max of −d is 1 − that of d: the negative picture).
+magnitudes. A constant difference (range below `FLAT_RANGE`, float rounding) maps to
+mid-grey 0.5. The order of each difference follows its caption: `x − x_adv` and
+`x_avg − x_adv` in Fig. 9, `x_adv − x_avg` in Fig. 10 (min-max of −d is 1 − that of d:
+the negative picture).
 
 The figures' rows (a row holds one picture per test image, the same images in every row):
 
@@ -37,6 +38,11 @@ import numpy as np
 from siriib_jax.evaluation import adaptive
 from siriib_jax.evaluation.batching import batches
 from siriib_jax.models.model_fn import outputs_fn
+
+
+# A difference whose range over an image is below this (pixel units; 1/255 ≈ 4e-3) is
+# rounding noise around a constant: shown as 0.5 grey, not stretched to [0, 1].
+FLAT_RANGE = 1e-6
 
 
 class Row(NamedTuple):
@@ -99,7 +105,8 @@ def view_difference(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
   Returns:
     (N, H, W, C) float32 in [0, 1]: per image `(d − min d) / (max d − min d)` over all its
-    pixels and channels, 0.5 where an image's difference is constant.
+    pixels and channels; 0.5 where an image's difference is constant (its range below
+    `FLAT_RANGE`).
 
   Raises:
     ValueError: the shapes differ or are not (N, H, W, C).
@@ -111,7 +118,7 @@ def view_difference(a: np.ndarray, b: np.ndarray) -> np.ndarray:
   d = a - b
   low = d.min(axis=(1, 2, 3), keepdims=True)
   span = d.max(axis=(1, 2, 3), keepdims=True) - low
-  flat = span <= 0
+  flat = span < FLAT_RANGE
   out = np.where(flat, 0.5, (d - low) / np.where(flat, 1.0, span))
   return out.astype(np.float32)
 
