@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from siriib_jax.analysis.plotting import embedding_figure, image_grid, save_png
+from siriib_jax.analysis.plotting import accuracy_scatter, embedding_figure, image_grid, save_png
 from siriib_jax.analysis.xavg import Row
 
 
@@ -61,3 +61,18 @@ def test_embedding_panels_share_the_given_limits_and_colour_by_class(tmp_path):
   _read(save_png(figure, str(tmp_path / "tsne.png")))
   with pytest.raises(ValueError, match="one per label"):
     embedding_figure({"p": np.zeros((11, 2))}, labels, limits)
+
+
+def test_accuracy_scatter_puts_each_run_at_its_clean_and_robust_accuracy(tmp_path):
+  points = {"ResNet-18": (False, 80.0, {"PGD-20": 40.0, "AA": 35.0}),
+            "ResNet-18-SR": (True, 82.0, {"PGD-20": 45.0, "AA": 38.0})}
+  figure = accuracy_scatter(points)
+  assert [ax.get_title() for ax in figure.axes] == ["PGD-20", "AA"]
+  for ax, attack in zip(figure.axes, ("PGD-20", "AA")):
+    for collection, (siriib, clean, robust) in zip(ax.collections, points.values()):
+      np.testing.assert_allclose(collection.get_offsets()[0], (clean, robust[attack]))
+      hollow = collection.get_facecolors().size == 0
+      assert hollow == siriib  # The paper: solid backbones, hollow SiRIIB models.
+  save_png(figure, str(tmp_path / "scatter.png"))
+  with pytest.raises(ValueError, match="same attacks"):
+    accuracy_scatter({"a": (False, 1.0, {"PGD-20": 1.0}), "b": (True, 1.0, {"AA": 1.0})})
