@@ -108,8 +108,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   data = InputPipeline(config.dataset, global_batch_size=config.batch_size, seed=config.seed)
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
-  if jax.process_index() == 0:
-    run_config.save(config, workdir)  # For commands that analyse the run (--mode=paper).
   steps_per_epoch = data.steps_per_epoch
   num_steps = config.num_epochs * steps_per_epoch
   if config.max_steps > 0:
@@ -134,6 +132,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if state is None:
     state = init(init_key)
   start_step = int(state.step)
+  if jax.process_index() == 0:  # After the restore: a refused workdir is left as it was.
+    run_config.save(config, workdir)  # For commands that analyse the run (--mode=paper).
   logging.info("Training %s with %s from step %d of %d (%d steps per epoch) on %d devices.",
                config.model.name, config.strategy, start_step, num_steps, steps_per_epoch,
                jax.device_count())
