@@ -197,11 +197,12 @@ class _Context:
     return self.x[self.picture_index], self.y[self.picture_index]
 
   def adversarial(self, run: Run, name: str, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """x_adv of the config attack `name` against `run`, every point attacked."""
+    """x_adv of the config attack `name` against `run`, every point attacked (clean errors
+    included: a picture shows the attack on every image, as the paper's figures do)."""
     spec = parse_spec(name, self.evaluation)
     outcome = run_attack(build_attack(spec, self.evaluation), logits_fn(run.model, run.variables),
                          x, y, attack_key(self.evaluation.seed, name),
-                         self.evaluation.batch_size, only_robust=False)
+                         self.evaluation.batch_size, np.ones(len(y), bool), only_robust=False)
     return outcome.x_adv
 
 
