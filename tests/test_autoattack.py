@@ -51,14 +51,15 @@ def test_only_robust_points_give_the_result_of_attacking_every_point():
 
 
 def test_square_segments_compile_few_chunk_sizes():
-  """Square's gathered chunks take sizes with two significant bits (m · 2^k, m ∈ {2, 3}):
-  at most two per octave, under half of padding; with a mesh, a multiple of its size."""
+  """Square's gathered chunks take sizes with three significant bits (m · 2^k, m < 8):
+  at most four per octave, under a quarter of padding; with a mesh, a multiple of its
+  size."""
   for bucket in (8, 64, 256):
     sizes = [bucket_size(n, bucket, QUERY_SIGNIFICANT_BITS) for n in range(1, bucket + 1)]
-    assert all(n <= size <= bucket and 2 * (size - n) < n
+    assert all(n <= size <= bucket and 4 * (size - n) < n
                for n, size in zip(range(1, bucket + 1), sizes))
     for octave in range(1, bucket.bit_length() + 1):
-      assert len({s for s in sizes if s != bucket and s.bit_length() == octave}) <= 2
+      assert len({s for s in sizes if s != bucket and s.bit_length() == octave}) <= 4
   assert [bucket_size(n, 256, multiple=8) for n in (1, 9, 17, 250)] == [8, 16, 24, 256]
   # A run: each gathering compiles Square's step at most once per size it meets.
   fn, x, y, eps, clean_correct = linear_attack_problem(n=24)

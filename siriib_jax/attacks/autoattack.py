@@ -32,8 +32,9 @@ attack, jitted once, compiles for at most 8 chunk sizes per octave of chunk size
 16 points) — in practice one or two per attack and evaluation, as only the last chunk of
 each call is partial. Square (`base.QueryAttack`) runs its queries in segments of
 `compact_every` iterations and gathers, between segments, the points not yet broken, in
-chunks padded with at most two significant bits (m · 2^k, m ∈ {2, 3}: at most two sizes
-per octave, so that a slowly shrinking set of points compiles a few sizes only).
+chunks padded with at most three significant bits (m · 2^k, m ∈ {4, …, 7}: at most four
+sizes per octave and less than 1/4 of padding, so that a slowly shrinking set of points
+compiles a few sizes only; BENCHMARKS.md §2g compares two, three and four bits).
 
 Exactly as if every point were attacked: each point is attacked alone — the attack is
 `jax.vmap`ped over points, each a batch of one with its own PRNG key
@@ -122,7 +123,7 @@ def components(eps: float, norm: str = "linf", version: str = "standard",
 # A chunk is padded to the next size with at most this many significant bits; the chunks
 # of Square's segments with at most `QUERY_SIGNIFICANT_BITS`.
 SIGNIFICANT_BITS = 4
-QUERY_SIGNIFICANT_BITS = 2
+QUERY_SIGNIFICANT_BITS = 3
 # Square gathers the points still to attack every this many queries.
 COMPACT_EVERY = 100
 # The mesh axis the points are sharded over (`parallel.DATA_AXIS`).

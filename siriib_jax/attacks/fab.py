@@ -14,8 +14,8 @@ and the final success flag is re-read from one forward pass on x_adv, as the ref
 
 Deviations from the reference implementation (fra31/auto-attack, `fab_base.py`):
   * Shapes are static: within one call every point is attacked for every target class and
-    restart, instead of only the points not yet fooled within ε; a run is skipped
-    (`lax.cond`) only when every point of the batch is already fooled. Success flags are
+    restart, instead of only the points not yet fooled within ε; a run is skipped (a trip
+    count of zero) only when every point of the batch is already fooled. Success flags are
     therefore the same, and x_adv is the smallest perturbation over all runs rather than the
     first one within ε. AutoAttack instead calls `single_target` target by target on the
     points still robust, as the reference does.
@@ -170,13 +170,14 @@ def fab_targeted(eps: float, norm: str = "linf", steps: int = 100, restarts: int
       x_start = jnp.where(i % restarts > 0,
                           _random_start(jax.random.fold_in(key, i), x0, eps / 2, norm), x0)
 
-      def attack_run(best):
-        _, best_adv, best_norm = lax.fori_loop(
-            0, steps, lambda _, c: fab_iteration(target_hot, c), (x_start, *best))
-        return best_adv, best_norm
-
+      # A run is skipped by its trip count, not by `lax.cond`: under `jax.vmap` (the
+      # per-point runner of attacks/autoattack.py) a cond whose branch holds the loop cost
+      # twice the loop's time on XLA:CPU (BENCHMARKS.md §2g).
       all_fooled = jnp.all(clean_wrong | (best[1] <= eps))
-      return lax.cond(all_fooled, lambda best: best, attack_run, best)
+      _, best_adv, best_norm = lax.fori_loop(
+          0, jnp.where(all_fooled, 0, steps), lambda _, c: fab_iteration(target_hot, c),
+          (x_start, *best))
+      return best_adv, best_norm
 
     # Ranks outside 1 … K − 1 are not attacked (an empty loop), never read out of range.
     start = (jnp.maximum(first_rank, 1) - 1) * restarts
