@@ -15,8 +15,8 @@ from siriib_jax import attacks
 from siriib_jax.configs import default
 from siriib_jax.data import InputPipeline
 from siriib_jax.evaluation import evaluate_robustness, select_points
-from siriib_jax.evaluation.batching import (Hosts, assemble, run_attack, select_share,
-                                            share_index)
+from siriib_jax.evaluation.batching import (Hosts, assemble, map_batches, run_attack,
+                                            select_share, share_index)
 from tests.helpers import (LinearClassifier, assert_same_per_point, fast_evaluation,
                            linear_attack_problem, self_labelled_points, write_npz_dataset)
 
@@ -33,6 +33,30 @@ def test_subset_is_stratified_and_fixed_by_seed(config):
   assert not np.array_equal(images, other[0])
   expected = 100 * np.bincount(all_labels) / len(all_labels)
   assert np.all(np.abs(np.bincount(labels, minlength=10) - expected) < 1)
+
+
+def test_map_batches_stitches_padded_batches_and_compiles_once():
+  """The one batch loop: every call sees the same batch shape (so a jitted function
+  compiles once), the padding's outputs are dropped, pytrees and several inputs are
+  carried, and zero points give empty arrays of the right shapes."""
+  traces = []
+
+  @jax.jit
+  def fn(a, b):
+    traces.append(a.shape)
+    return {"sum": a.sum(axis=1) + b, "twice": 2 * a}
+
+  a = np.arange(23 * 3, dtype=np.float32).reshape(23, 3)
+  b = np.arange(23, dtype=np.int32) * 10
+  out = map_batches(fn, (a, b), batch_size=8)
+  assert traces == [(8, 3)]
+  np.testing.assert_array_equal(out["sum"], a.sum(axis=1) + b)
+  np.testing.assert_array_equal(out["twice"], 2 * a)
+  assert isinstance(out["sum"], np.ndarray) and out["sum"].shape == (23,)
+  empty = map_batches(fn, (a[:0], b[:0]), batch_size=8)
+  assert empty["twice"].shape == (0, 3) and empty["sum"].dtype == np.float32
+  with pytest.raises(ValueError, match="leading axes"):
+    map_batches(fn, (a, b[:5]), batch_size=8)
 
 
 # Item 1 of issue 16: every attack of an evaluation runs only on the points still robust.

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from siriib_jax.evaluation.batching import batches
+from siriib_jax.evaluation.batching import map_batches
 
 _BLOCK = re.compile(r"stage(\d+)_block(\d+)$")
 
@@ -102,11 +102,4 @@ def penultimate_features(model: nn.Module, variables, images: np.ndarray,
     640 × width multiplier for WRN-28-10).
   """
   images = np.asarray(images, np.float32)
-  out = None
-  for i, index in batches(len(images), batch_size):
-    real = min(batch_size, len(images) - i * batch_size)
-    features = np.asarray(_pooled(model, variables, images[index]))
-    if out is None:
-      out = np.empty((len(images), features.shape[1]), np.float32)
-    out[index[:real]] = features[:real]
-  return out
+  return map_batches(lambda batch: _pooled(model, variables, batch), (images,), batch_size)

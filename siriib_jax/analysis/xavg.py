@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from siriib_jax.evaluation import adaptive
-from siriib_jax.evaluation.batching import batches
+from siriib_jax.evaluation.batching import map_batches
 from siriib_jax.models.model_fn import outputs_fn
 
 
@@ -90,11 +90,7 @@ def x_avg(model: nn.Module, variables, images: np.ndarray, batch_size: int = 256
     NoSiRIIBError (a ValueError): the model has no SiRIIB, hence no x_avg.
   """
   images = np.asarray(images, np.float32)
-  out = np.empty_like(images)
-  for i, index in batches(len(images), batch_size):
-    real = min(batch_size, len(images) - i * batch_size)
-    out[index[:real]] = np.asarray(_x_avg(model, variables, images[index]))[:real]
-  return out
+  return map_batches(lambda batch: _x_avg(model, variables, batch), (images,), batch_size)
 
 
 def view_difference(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -17,6 +17,7 @@ number of hosts. `Hosts` names the processes; tests simulate several with their 
 `allgather`.
 """
 
+import functools
 import time
 import zlib
 from typing import Any, Callable, Iterator, NamedTuple, Optional, Sequence
@@ -238,6 +239,52 @@ def attack_key(seed: int, name: str) -> jax.Array:
   return jax.random.fold_in(jax.random.key(seed), zlib.crc32(name.encode()))
 
 
+def map_batches(fn: Callable[..., Any], inputs: Sequence[np.ndarray], batch_size: int,
+                mesh: Optional[Mesh] = None) -> Any:
+  """`fn` over N points in fixed-size batches, the results stitched back together.
+
+  Every batch has the same shape (the last one padded by repeating its first point, as
+  `batches` lays out; the padding's outputs are dropped), so a jitted `fn` compiles once.
+  This is the one batch loop of the package's per-point computations (predictions, x_avg,
+  features, singular-value swaps).
+
+  Args:
+    fn: `fn(*batch) -> pytree of arrays`, each with the batch as its leading axis; e.g.
+      a jitted function of `len(inputs)` arrays.
+    inputs: arrays with a common leading axis N (NumPy, host memory).
+    batch_size: points per call, at most N (rounded up to a multiple of `mesh.size`).
+    mesh: shard each batch over this mesh's `data` axis (`parallel.batch_sharded`).
+
+  Returns:
+    The pytree `fn` returns, as NumPy arrays with leading axis N (shapes read with
+    `jax.eval_shape`, nothing run, when N = 0).
+  Raises:
+    ValueError: the inputs' leading axes differ, or `batch_size` < 1.
+  """
+  inputs = [np.asarray(a) for a in inputs]
+  n = len(inputs[0])
+  if any(len(a) != n for a in inputs) or batch_size < 1:
+    raise ValueError(f"map_batches needs inputs with one leading axis and batch_size ≥ 1, "
+                     f"got leading axes {[len(a) for a in inputs]} and batch_size "
+                     f"{batch_size}.")
+  if n == 0:
+    shapes = jax.eval_shape(fn, *[jax.ShapeDtypeStruct((1,) + a.shape[1:], a.dtype)
+                                  for a in inputs])
+    return jax.tree_util.tree_map(lambda s: np.empty((0,) + s.shape[1:], s.dtype), shapes)
+  multiple = mesh.size if mesh is not None else 1
+  out = None
+  for i, index in batches(n, batch_size, multiple):
+    batch = [a[index] for a in inputs]
+    if mesh is not None:
+      batch = jax.device_put(batch, parallel.batch_sharded(mesh))
+    real = index[:min(batch_size, n - i * batch_size)]
+    result = jax.tree_util.tree_map(lambda r: np.asarray(r)[:len(real)], fn(*batch))
+    if out is None:
+      out = jax.tree_util.tree_map(lambda r: np.empty((n,) + r.shape[1:], r.dtype), result)
+    jax.tree_util.tree_map(lambda o, r: o.__setitem__(real, r), out, result)
+  return out
+
+
 @jax.jit
 def _predict(fn, x):
   return jnp.argmax(fn(x), axis=-1)
@@ -246,16 +293,8 @@ def _predict(fn, x):
 def predict(logits_fn, images: np.ndarray, batch_size: int,
             mesh: Optional[Mesh] = None) -> np.ndarray:
   """(N,) predicted classes of `images` (N, H, W, C) float in [0, 1], in batches of
-  `batch_size` (sharded over `mesh`'s `data` axis when given)."""
-  out = np.empty(len(images), np.int64)
-  multiple = mesh.size if mesh is not None else 1
-  for i, index in batches(len(images), batch_size, multiple):
-    batch = images[index]
-    if mesh is not None:
-      batch = jax.device_put(batch, parallel.batch_sharded(mesh))
-    real = min(batch_size, len(images) - i * batch_size)
-    out[index[:real]] = np.asarray(_predict(logits_fn, batch))[:real]
-  return out
+  `batch_size` (`map_batches`; sharded over `mesh`'s `data` axis when given)."""
+  return map_batches(functools.partial(_predict, logits_fn), (images,), batch_size, mesh)
 
 
 class Outcome(NamedTuple):

@@ -23,6 +23,7 @@ Table 9); `purify_images` gives x_avg itself.
 """
 
 import dataclasses
+import functools
 import time
 from typing import Optional, Sequence
 
@@ -34,7 +35,7 @@ import numpy as np
 
 from siriib_jax import parallel
 from siriib_jax.evaluation.attack_specs import build_attack, parse_spec
-from siriib_jax.evaluation.batching import (attack_key, batches, evaluation_mesh, predict,
+from siriib_jax.evaluation.batching import (attack_key, evaluation_mesh, map_batches, predict,
                                             run_attack)
 from siriib_jax.evaluation.progress import ProgressLog
 from siriib_jax.data import InputPipeline
@@ -124,15 +125,7 @@ def purify_images(model, variables, images: np.ndarray, batch_size: int = 256,
   x = np.asarray(images)
   x = x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x.astype(np.float32)
   fn = jax.tree_util.Partial(_XAvgFn(model), variables)
-  out = np.empty_like(x)
-  multiple = mesh.size if mesh is not None else 1
-  for i, index in batches(len(x), batch_size, multiple):
-    batch = x[index]
-    if mesh is not None:
-      batch = jax.device_put(batch, parallel.batch_sharded(mesh))
-    real = min(batch_size, len(x) - i * batch_size)
-    out[index[:real]] = np.asarray(_apply(fn, batch))[:real]
-  return out
+  return map_batches(functools.partial(_apply, fn), (x,), batch_size, mesh)
 
 
 def _selection(data: Points, evaluation, subset_size: Optional[int]) -> str:

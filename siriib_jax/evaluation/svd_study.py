@@ -28,7 +28,7 @@ import numpy as np
 
 from siriib_jax import parallel
 from siriib_jax.evaluation.robustness import Points, load_share
-from siriib_jax.evaluation.batching import (Hosts, attack_key, batches, current_hosts,
+from siriib_jax.evaluation.batching import (Hosts, attack_key, current_hosts, map_batches,
                                             gather_points, predict, run_attack)
 from siriib_jax.evaluation.attack_specs import build_attack, parse_spec
 from siriib_jax.evaluation.progress import ProgressLog
@@ -43,11 +43,7 @@ _swap = jax.jit(swap_singular_values)
 
 def swap_images(x_adv: np.ndarray, x_ref: np.ndarray, batch_size: int) -> np.ndarray:
   """`U_adv Σ_ref V_advᵀ` per image and channel, (N, H, W, C) float32, in batches."""
-  out = np.empty_like(x_adv, np.float32)
-  for i, index in batches(len(x_adv), batch_size):
-    real = slice(0, min(batch_size, len(x_adv) - i * batch_size))
-    out[index[real]] = np.asarray(_swap(x_adv[index], x_ref[index]))[real]
-  return out
+  return map_batches(_swap, (x_adv, x_ref), batch_size).astype(np.float32, copy=False)
 
 
 def swap_correct(fn, x_adv: np.ndarray, x_ref: np.ndarray, y: np.ndarray,
