@@ -17,6 +17,7 @@ writes.
 """
 
 import dataclasses
+import hashlib
 import json
 import os
 from typing import Callable, Optional
@@ -33,8 +34,7 @@ from siriib_jax.checkpointing import load_variables
 from siriib_jax.config_errors import fail
 from siriib_jax.configs import default as default_config
 from siriib_jax.data import DatasetNotFoundError, InputPipeline
-from siriib_jax.evaluation import evaluate_robustness, svd_study
-from siriib_jax.evaluation import purification
+from siriib_jax.evaluation import adaptive, evaluate_robustness, purification, svd_study
 from siriib_jax.evaluation.attack_specs import build_attack, parse_spec
 from siriib_jax.evaluation.batching import attack_key, run_attack
 from siriib_jax.evaluation.robustness import load_points
@@ -86,6 +86,7 @@ class Run:
   config: ml_collections.ConfigDict
   model: object
   variables: dict
+  step: int = -1  # The checkpoint's step (the report cache's key).
 
   @property
   def dataset(self) -> str:
@@ -124,8 +125,8 @@ def load_run(workdir: str, config: Optional[ml_collections.ConfigDict] = None) -
   model = create_model(config.model, config.dataset.image_size, dtype)
   size = config.dataset.image_size
   expected = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, size, size, 3)))
-  variables, _ = load_variables(workdir, config.evaluation.checkpoint, expected=expected)
-  return Run(_label(config), workdir, role_of(config), config, model, variables)
+  variables, step = load_variables(workdir, config.evaluation.checkpoint, expected=expected)
+  return Run(_label(config), workdir, role_of(config), config, model, variables, int(step))
 
 
 def _distinct_labels(runs: list[Run]) -> None:
@@ -158,7 +159,8 @@ def _validate_paper_config(config: ml_collections.ConfigDict) -> None:
 
 
 class _Context:
-  """The runs, the points and the per-run evaluation reports (computed once)."""
+  """The runs, the points and the per-run evaluation reports (computed once, and kept in
+  `paper/reports/` so that a rerun after a crash or an added run does not attack again)."""
 
   def __init__(self, config, runs: list[Run], data: InputPipeline, directory: str):
     self.config, self.runs, self.directory = config, runs, directory
@@ -171,22 +173,48 @@ class _Context:
     self.picture_index = np.unique(np.linspace(0, len(self.y) - 1, take).round().astype(int))
     self._reports = {}
 
-  def by_role(self, role: str) -> list[Run]:
-    return [r for r in self.runs if r.role == role]
+  def by_role(self, *roles: str) -> list[Run]:
+    """The runs whose role is one of `roles`, in the order given in the config."""
+    return [r for r in self.runs if r.role in roles]
+
+  def reports(self) -> dict[str, Optional[dict[str, float]]]:
+    """Run label → its report (`report`), None for the runs no section evaluated."""
+    return {r.label: self._reports.get(r.workdir) for r in self.runs}
 
   def report(self, run: Run) -> dict[str, float]:
     """Row name → accuracy (%) of `paper.attacks` + `paper.l2_attacks` (+ Table 4's
-    adaptive attacks for SiRIIB runs) on the paper's points."""
+    adaptive attacks for SiRIIB runs) on the paper's points.
+
+    Kept in `paper/reports/<key>.json`, the key a hash of what the numbers depend on (the
+    run's workdir and checkpoint step, the attacks, the evaluation config, the points).
+    """
     if run.workdir not in self._reports:
       paper = self.config.paper
       attacks = tuple(paper.attacks) + tuple(paper.l2_attacks)
       if run.role == SIRIIB:
         attacks += ("adaptive",)
+      key = hashlib.sha256(json.dumps(
+          [os.path.abspath(run.workdir), run.step, attacks, self.evaluation.to_json(),
+           len(self.y), hashlib.sha256(self.x.tobytes() + self.y.tobytes()).hexdigest()]
+      ).encode()).hexdigest()[:16]
+      path = os.path.join(self.directory, "reports", f"{key}.json")
+      if os.path.exists(path):
+        with open(path) as f:
+          self._reports[run.workdir] = json.load(f)["accuracy"]
+        logging.info("paper: %s's report read from %s", run.label, path)
+        return self._reports[run.workdir]
       config = ml_collections.ConfigDict({"evaluation": self.evaluation})
       logging.info("paper: evaluating %s (%s)", run.label, ", ".join(attacks))
       report = evaluate_robustness(run.model, run.variables, config, (self.x, self.y),
                                    attacks=attacks)
       self._reports[run.workdir] = {row.name: 100.0 * row.accuracy for row in report.rows}
+      if jax.process_index() == 0:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path + ".tmp", "w") as f:
+          json.dump({"run": run.label, "workdir": run.workdir, "step": run.step,
+                     "attacks": attacks, "accuracy": self._reports[run.workdir]}, f,
+                    indent=1)
+        os.replace(path + ".tmp", path)
     return self._reports[run.workdir]
 
   def png(self, figure, name: str) -> str:
@@ -252,7 +280,6 @@ def table4(ctx: _Context):
   runs = ctx.by_role(SIRIIB)
   if not runs:
     raise Missing("needs a SiRIIB run (model.siriib.enabled = True)")
-  from siriib_jax.evaluation import adaptive  # pylint: disable=import-outside-toplevel
   names = [f"adaptive:{loss}" for loss in adaptive.TABLE4_LOSSES]
   head = ["model"] + [adaptive.loss_label(loss) for loss in adaptive.TABLE4_LOSSES]
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -264,7 +291,7 @@ def table4(ctx: _Context):
 
 def _subset_table(predicate: Callable[[Run], bool], what: str):
   def section(ctx: _Context):
-    runs = [r for r in ctx.runs if r.role != PURIFIER and predicate(r)]
+    runs = [r for r in ctx.by_role(BASELINE, SIRIIB) if predicate(r)]
     if not runs:
       raise Missing(f"needs {what}")
     return _accuracy_table(ctx, runs, ctx.config.paper.attacks), []
@@ -272,7 +299,7 @@ def _subset_table(predicate: Callable[[Run], bool], what: str):
 
 
 def table7(ctx: _Context):
-  runs = [r for r in ctx.runs if r.role != PURIFIER]
+  runs = ctx.by_role(BASELINE, SIRIIB)
   if not ctx.config.paper.l2_attacks:
     raise Missing("paper.l2_attacks is empty")
   return _accuracy_table(ctx, runs, ["clean", *ctx.config.paper.l2_attacks]), []
@@ -314,7 +341,7 @@ def table9(ctx: _Context):
 
 
 def figures_1_2(ctx: _Context, which: int):
-  runs = [r for r in ctx.runs if r.role != PURIFIER]
+  runs = ctx.by_role(BASELINE, SIRIIB)
   pngs = []
   for i, run in enumerate(runs):
     directory = os.path.join(ctx.directory, f"svd_study_{i}")
@@ -341,7 +368,7 @@ def figure4(ctx: _Context):
 
 def _scatter(dataset: str):
   def section(ctx: _Context):
-    runs = [r for r in ctx.runs if r.role in (BASELINE, SIRIIB) and r.dataset == dataset]
+    runs = [r for r in ctx.by_role(BASELINE, SIRIIB) if r.dataset == dataset]
     if not {BASELINE, SIRIIB} <= {r.role for r in runs}:
       raise Missing(f"needs a baseline and a SiRIIB run on {dataset}")
     attacks = [a for a in ctx.config.paper.attacks if a != "clean"]
@@ -489,7 +516,7 @@ def paper(config: ml_collections.ConfigDict, workdir: str) -> dict:
     sections[number]["caption"] = CAPTIONS[number]
   result = {"runs": {r.label: {"workdir": r.workdir, "role": r.role} for r in runs},
             "num_points": int(len(ctx.y)), "seed": int(ctx.evaluation.seed),
-            "reports": {r.label: ctx._reports.get(r.workdir) for r in runs},  # pylint: disable=protected-access
+            "reports": ctx.reports(),
             "sections": sections}
   if jax.process_index() == 0:
     with open(os.path.join(directory, "report.json"), "w") as f:

@@ -75,3 +75,27 @@ def test_a_missing_run_directory_is_refused_before_anything_loads(tmp_path):
   with pytest.raises(ConfigError, match="paper.runs"):
     paper.paper(config, str(tmp_path))
   assert not os.path.exists(tmp_path / "paper")
+
+
+def test_reports_are_kept_and_reused_until_the_checkpoint_changes(tmp_path, monkeypatch):
+  """A rerun reads each run's accuracies from `paper/reports/` instead of attacking again;
+  another checkpoint step (a retrained run) is evaluated afresh."""
+  config = _tiny_paper_config(write_npz_dataset(tmp_path / "data"), True)
+  data = paper.InputPipeline(config.dataset, global_batch_size=16, seed=0, training=False)
+  calls = []
+
+  def fake_evaluate(model, variables, cfg, points, attacks):
+    calls.append(attacks)
+    row = lambda name, accuracy: type("Row", (), {"name": name, "accuracy": accuracy})
+    return type("Report", (), {"rows": [row("clean", 0.5), row("pgd1", 0.25 * len(calls))]})
+
+  monkeypatch.setattr(paper, "evaluate_robustness", fake_evaluate)
+  run = lambda step: paper.Run("ResNet-18-SR", str(tmp_path / "sr"), paper.SIRIIB, config,
+                               None, {}, step)
+  first = paper._Context(config, [run(5)], data, str(tmp_path / "paper")).report(run(5))
+  again = paper._Context(config, [run(5)], data, str(tmp_path / "paper")).report(run(5))
+  assert first == again == {"clean": 50.0, "pgd1": 25.0} and len(calls) == 1
+  assert "adaptive" in calls[0]
+  retrained = paper._Context(config, [run(9)], data, str(tmp_path / "paper")).report(run(9))
+  assert retrained["pgd1"] == 50.0 and len(calls) == 2
+  assert len(os.listdir(tmp_path / "paper" / "reports")) == 2
