@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from siriib_jax.analysis.plotting import accuracy_scatter, embedding_figure, image_grid, save_png
+from siriib_jax.analysis.plotting import (accuracy_scatter, embedding_figure, image_grid,
+                                         paired_bars, save_png)
 from siriib_jax.analysis.xavg import Row
 
 
@@ -76,3 +77,16 @@ def test_accuracy_scatter_puts_each_run_at_its_clean_and_robust_accuracy(tmp_pat
   save_png(figure, str(tmp_path / "scatter.png"))
   with pytest.raises(ValueError, match="same attacks"):
     accuracy_scatter({"a": (False, 1.0, {"PGD-20": 1.0}), "b": (True, 1.0, {"AA": 1.0})})
+
+
+def test_paired_bars_draw_each_accuracy_at_its_height(tmp_path):
+  figure = paired_bars(["PGD-20", "CW"], [40.0, 30.0], [70.0, 65.0], ("x_adv", "x_swap"),
+                       reference=80.0)
+  ax = figure.axes[0]
+  heights = [patch.get_height() for patch in ax.patches]
+  assert heights == [40.0, 30.0, 70.0, 65.0]
+  assert [t.get_text() for t in ax.get_xticklabels()] == ["PGD-20", "CW"]
+  assert ax.lines[0].get_ydata()[0] == 80.0  # The clean accuracy's line.
+  save_png(figure, str(tmp_path / "bars.png"))
+  with pytest.raises(ValueError, match="as many values"):
+    paired_bars(["PGD-20"], [1.0, 2.0], [1.0], ("a", "b"))

@@ -9,6 +9,8 @@ is safe to import anywhere, headless included. Computation lives beside it (`xav
 * `embedding_figure`: 2-D embeddings side by side on common axes, coloured by class (Fig. 8).
 * `accuracy_scatter`: clean against robust accuracy per attack, baseline solid and SiRIIB
   hollow (Fig. 5, 6).
+* `paired_bars`: two accuracies per attack, solid and hatched, with a reference line (the
+  SVD swap study, Fig. 1).
 * `save_png`: writes a figure to a PNG file.
 """
 
@@ -190,6 +192,44 @@ def accuracy_scatter(points: Mapping[str, tuple[bool, float, Mapping[str, float]
     ax.set_xlabel("clean accuracy (%)", fontsize=8)
   axes[0].set_ylabel("robust accuracy (%)", fontsize=8)
   axes[-1].legend(fontsize=6, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+  return figure
+
+
+def paired_bars(labels: Sequence[str], solid: Sequence[float], hatched: Sequence[float],
+                names: tuple[str, str], reference: Optional[float] = None,
+                reference_name: str = "clean") -> Figure:
+  """Per label, two accuracies (%) side by side: `solid` filled, `hatched` hollow (Fig. 1:
+  accuracy on x_adv and on U_adv Σ_clean V_advᵀ per attack).
+
+  Args:
+    labels: one per bar pair (e.g. the attacks).
+    solid, hatched: accuracies in % (0–100), one per label.
+    names: the legend entries of the solid and the hatched bars.
+    reference: a horizontal dashed line at this accuracy (%), e.g. the clean accuracy.
+    reference_name: its legend entry.
+
+  Returns:
+    the `Figure`, one axes, y from 0 to 100.
+
+  Raises:
+    ValueError: `solid` or `hatched` not one value per label.
+  """
+  if len(solid) != len(labels) or len(hatched) != len(labels):
+    raise ValueError(f"{len(labels)} labels need as many values, got {len(solid)} solid "
+                     f"and {len(hatched)} hatched")
+  figure = Figure(figsize=(1.4 * len(labels) + 4, 3.5))
+  FigureCanvasAgg(figure)
+  ax = figure.subplots()
+  where = np.arange(len(labels))
+  ax.bar(where - 0.2, solid, 0.4, label=names[0], color="tab:blue")
+  ax.bar(where + 0.2, hatched, 0.4, label=names[1], facecolor="white", edgecolor="tab:blue",
+         hatch="//")
+  if reference is not None:
+    ax.axhline(reference, color="gray", linestyle="--", label=reference_name)
+  ax.set_xticks(where, list(labels))
+  ax.set_ylabel("accuracy (%)")
+  ax.set_ylim(0, 100)
+  ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
   return figure
 
 

@@ -22,11 +22,11 @@ import os
 from typing import Optional
 
 import jax
-import matplotlib
 import ml_collections
 import numpy as np
 
 from siriib_jax import parallel
+from siriib_jax.analysis import plotting
 from siriib_jax.evaluation.robustness import Points, load_share
 from siriib_jax.evaluation.batching import (Hosts, attack_key, current_hosts, map_batches,
                                             gather_points, predict, run_attack)
@@ -35,8 +35,6 @@ from siriib_jax.evaluation.progress import ProgressLog
 from siriib_jax.models.model_fn import logits_fn
 from siriib_jax.svd import swap_singular_values
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  pylint: disable=wrong-import-position
 
 _swap = jax.jit(swap_singular_values)
 
@@ -64,21 +62,11 @@ def swap_accuracies(fn, x_adv: np.ndarray, x_ref: np.ndarray, y: np.ndarray,
 
 def plot_accuracy(results: list[dict], clean: float, path: str) -> None:
   """Fig. 1: per attack, accuracy on x_adv (solid) and on x_swap (hatched), in %."""
-  fig, ax = plt.subplots(figsize=(1.4 * len(results) + 4, 3.5))
-  where = np.arange(len(results))
-  ax.bar(where - 0.2, [100 * r["accuracy_adv"] for r in results], 0.4, label="x_adv",
-         color="tab:blue")
-  ax.bar(where + 0.2, [100 * r["accuracy_swap"] for r in results], 0.4,
-         label="x_swap = U_adv Σ_clean V_advᵀ", facecolor="white", edgecolor="tab:blue",
-         hatch="//")
-  ax.axhline(100 * clean, color="gray", linestyle="--", label="clean")
-  ax.set_xticks(where, [r["label"] for r in results])
-  ax.set_ylabel("accuracy (%)")
-  ax.set_ylim(0, 100)
-  ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  figure = plotting.paired_bars(
+      [r["label"] for r in results], [100 * r["accuracy_adv"] for r in results],
+      [100 * r["accuracy_swap"] for r in results],
+      ("x_adv", "x_swap = U_adv Σ_clean V_advᵀ"), reference=100 * clean)
+  plotting.save_png(figure, path, dpi=120)
 
 
 def _difference(d: np.ndarray) -> np.ndarray:
@@ -92,20 +80,9 @@ def plot_grid(x: np.ndarray, pictures: dict[str, tuple[np.ndarray, np.ndarray]],
   (scaled per image); one column per image."""
   rows = [("x", x)]
   for k, (label, (x_adv, x_swap)) in enumerate(pictures.items()):
-    rows += [(label, x_adv), (f"{label}-S", x_swap),
+    rows += [(label, np.clip(x_adv, 0, 1)), (f"{label}-S", np.clip(x_swap, 0, 1)),
              (f"D{k + 1}", _difference(x_swap - x_adv))]
-  n = len(x)
-  fig, axes = plt.subplots(len(rows), n, figsize=(1.1 * n + 0.9, 1.1 * len(rows)),
-                           squeeze=False)
-  for r, (label, images) in enumerate(rows):
-    for c in range(n):
-      axes[r, c].imshow(np.clip(images[c], 0, 1), interpolation="nearest")
-      axes[r, c].set_xticks([])
-      axes[r, c].set_yticks([])
-    axes[r, 0].set_ylabel(label, rotation=0, ha="right", va="center")
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  plotting.save_png(plotting.image_grid(rows, cell_inches=1.1), path, dpi=120)
 
 
 def svd_study(model, variables, config: ml_collections.ConfigDict, data: Points,
