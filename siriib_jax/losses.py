@@ -18,7 +18,9 @@ from siriib_jax.svd import svd_parts
 
 
 def _per_example_mse(a: jnp.ndarray, b: jnp.ndarray) -> jnp.ndarray:
-  diff = (a - b).astype(jnp.float32)
+  # In float32 whatever the operands' dtypes (the f_i are bf16 under half_precision with
+  # "exact" orthogonality: `models.create_model`), before the subtraction.
+  diff = a.astype(jnp.float32) - b.astype(jnp.float32)
   return jnp.mean(diff * diff, axis=tuple(range(1, diff.ndim)))
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from siriib_jax.config_errors import ConfigError
 from siriib_jax.models import BACKBONES, create_model
-from siriib_jax.models.siriib import PooledConv
+from siriib_jax.models.siriib import ORTHOGONAL_MODULE, PooledConv
 
 
 def _init(model, size, batch=2, seed=0):
@@ -102,16 +102,37 @@ def test_jit_matches_eager_and_does_not_retrace(config):
     forward(variables, x[:1])  # A new shape retraces, which the guard reports.
 
 
-def test_half_precision_keeps_float32_parameters(config):
+@pytest.mark.parametrize("orthogonality", ["exact", "penalty"])
+def test_half_precision_keeps_float32_parameters(config, orthogonality):
+  """bf16 backbone; c(·) and the p_i in bf16 with "exact" W and in float32 with "penalty"
+  (the case that diverged in bf16); the SR blocks and x_avg always float32
+  (`create_model`)."""
   config.model.siriib.scales = (16, 8)
+  config.model.siriib.orthogonality = orthogonality
   model = create_model(config.model, 16, dtype=jnp.bfloat16)
   x, variables = _init(model, 16)
   assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(variables["params"]))
   out, inner = model.apply(variables, x, capture_intermediates=True)
   assert out.logits.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(out.logits)))
-  # The backbone computes in bf16, the SiRIIB branch in float32 (its losses diverge in bf16).
-  assert inner["intermediates"]["backbone"]["stem_conv"]["__call__"][0].dtype == jnp.bfloat16
-  assert all(f.dtype == jnp.float32 for f in out.features) and out.x_avg.dtype == jnp.float32
+  inner = inner["intermediates"]
+  assert inner["backbone"]["stem_conv"]["__call__"][0].dtype == jnp.bfloat16
+  branch = jnp.bfloat16 if orthogonality == "exact" else jnp.float32
+  siriib = inner["siriib"]
+  assert siriib["extractor"]["conv0"]["__call__"][0].dtype == branch
+  assert siriib["extractor"]["__call__"][0].dtype == branch
+  assert [siriib[f"projection{i}"]["__call__"][0].dtype for i in range(3)] == [branch] * 3
+  assert all(f.dtype == branch for f in out.features)
+  # The SR blocks (W's conv, the amplitude conv, fuse, fuse_bn) and x_avg: float32.
+  for i in range(2):
+    block = siriib[f"sr{i}"]
+    dtypes = {name: block[name]["__call__"][0].dtype
+              for name in (ORTHOGONAL_MODULE[orthogonality], "amplitude", "fuse", "fuse_bn")}
+    assert set(dtypes.values()) == {jnp.dtype(jnp.float32)}, dtypes
+  assert out.x_avg.dtype == jnp.float32
+  # The same parameters (shapes and count) as the float32 model's.
+  reference = create_model(config.model, 16).init(jax.random.key(1), x)
+  assert (jax.tree.map(jnp.shape, reference["params"])
+          == jax.tree.map(jnp.shape, variables["params"]))
 
 
 @pytest.mark.parametrize("key,value,fragment", [

@@ -118,6 +118,20 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_pa
     np.testing.assert_array_equal(x, y)
 
 
+def test_half_precision_trains_a_few_steps_with_finite_losses(tmp_path, npz_dir):
+  """bf16 backbone, c(·) and p_i ("exact" W; `models.create_model`), float32 SR blocks: a
+  tiny run's losses stay finite (the trainer raises NonFiniteLossError otherwise, checking
+  every step: log_every_steps = 1) and so do its parameters and R_τ."""
+  config = tiny_training_config(npz_dir)
+  config.half_precision = True
+  assert config.model.siriib.orthogonality == "exact"
+  summary = _run(config, tmp_path / "run", max_steps=3)
+  assert summary["status"] == "completed" and summary["step"] == 3
+  variables, _ = load_variables(str(tmp_path / "run"), "last")
+  assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(variables))
+  assert np.isfinite(summary["orthogonality_error"]) and summary["orthogonality_error"] < 1e-3
+
+
 _SHARDING_SCRIPT = """
 import os, sys
 os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"

@@ -129,6 +129,12 @@ def _validate_model_config(config: ml_collections.ConfigDict, image_size: int) -
          "orthonormal rows")
 
 
+def branch_dtypes(orthogonality: str, dtype: Any) -> tuple:
+  """(c(·) and p_i's compute dtype, the SR blocks' compute dtype) of a model whose backbone
+  computes in `dtype` (`create_model` documents why)."""
+  return (dtype if orthogonality == "exact" else jnp.float32), jnp.float32
+
+
 def create_model(config: ml_collections.ConfigDict, image_size: int,
                  dtype: Any = jnp.float32) -> Classifier:
   """Checks `config` (the `model` block) for images of `image_size`² and builds the
@@ -137,8 +143,17 @@ def create_model(config: ml_collections.ConfigDict, image_size: int,
   Args:
     config: `config.model` (keys documented in `configs/default.py`).
     image_size: height = width of the input images.
-    dtype: the backbone's compute dtype (parameters stay float32). The SiRIIB branch
-      computes in float32 whatever `dtype` (in bf16 its losses diverged; BENCHMARKS.md §3c).
+    dtype: the backbone's compute dtype (parameters stay float32 everywhere). The one
+      place that decides the SiRIIB branch's compute dtypes (`branch_dtypes`):
+      - the SR blocks (the 1×1 conv with W, the FFT amplitude modulation, the fuse conv
+        and its BN, the sigmoid and the resizing: x_avg, and so L_svd's SVD) always
+        compute in float32;
+      - c(·) (`FeatureExtractor`) and the p_i compute in `dtype` when
+        `model.siriib.orthogonality` is "exact" (W orthonormal by construction, so it
+        cannot blow up), and in float32 in "penalty" mode: there, with the whole branch in
+        bf16, PGD-AT diverged (R_τ 2e9 at step 18 on CPU, an Inf loss on a GPU;
+        BENCHMARKS.md §3c). docs/bf16_branch.md has the bf16 finiteness run.
+      The purifier (placement "purifier") is SR blocks only, hence float32.
 
   With `model.siriib.enabled`, `model.siriib.placement` says where the SR blocks go:
   "plugin", SiRIIB in the classifier; "purifier", an `SRPurifier` beside the plain backbone
@@ -148,13 +163,14 @@ def create_model(config: ml_collections.ConfigDict, image_size: int,
     ConfigError naming the first bad key, its value and the allowed values.
   """
   _validate_model_config(config, image_size)
+  branch_dtype, sr_dtype = branch_dtypes(config.siriib.orthogonality, dtype)
   backbone = BACKBONES[config.name](num_classes=config.num_classes,
                                     width_multiplier=config.width_multiplier, dtype=dtype)
   siriib, purifier = None, None
   s = config.siriib
   if s.enabled and s.placement == "purifier":
     purifier = SRPurifier(scales=tuple(s.scales), orth_channels=s.orth_channels,
-                          fft_eps=s.fft_eps, dtype=jnp.float32, orthogonality=s.orthogonality)
+                          fft_eps=s.fft_eps, dtype=sr_dtype, orthogonality=s.orthogonality)
   elif s.enabled:
     for target in backbone.skip_targets:
       if image_size % target.stride:
@@ -162,6 +178,6 @@ def create_model(config: ml_collections.ConfigDict, image_size: int,
                           f"{target.stride} of a SiRIIB skip target of {config.name}")
     siriib = SiRIIB(scales=tuple(s.scales), num_skips=s.num_skips, variant=s.variant,
                     orth_channels=s.orth_channels, fft_eps=s.fft_eps,
-                    width_multiplier=config.width_multiplier, dtype=jnp.float32,
-                    orthogonality=s.orthogonality)
+                    width_multiplier=config.width_multiplier, dtype=branch_dtype,
+                    orthogonality=s.orthogonality, sr_dtype=sr_dtype)
   return Classifier(backbone, siriib, tuple(config.mean), tuple(config.std), purifier)

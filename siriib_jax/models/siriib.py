@@ -263,6 +263,10 @@ class SiRIIB(nn.Module):
   target's channels at full resolution, average-pooled by the target's stride (one
   `PooledConv` where the stride is > 1). `orthogonality` is the SR blocks' (`SRBlock`).
 
+  Two compute dtypes (parameters are float32 whatever they are): `dtype`, that of c(·) and
+  the p_i, and `sr_dtype`, that of the SR blocks (`sr_average`); x_avg is float32 either
+  way. `models.create_model` chooses both (the reason is in its docstring).
+
   Args of `__call__`:
     x: raw images (B, H, W, 3) in [0, 1], H = W.
     targets: the backbone's skip targets.
@@ -278,10 +282,11 @@ class SiRIIB(nn.Module):
   width_multiplier: float = 1.0
   dtype: jnp.dtype = jnp.float32
   orthogonality: str = "exact"
+  sr_dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x, targets: Sequence[SkipTarget], train: bool = False):
-    x_avg = sr_average(x, self.scales, self.orth_channels, self.fft_eps, self.dtype,
+    x_avg = sr_average(x, self.scales, self.orth_channels, self.fft_eps, self.sr_dtype,
                        self.orthogonality, train)
     h = FeatureExtractor(self.variant, targets[1].channels, self.width_multiplier,
                          self.dtype, name="extractor")(x_avg, train)
