@@ -29,7 +29,8 @@ import numpy as np
 from absl import logging
 
 from siriib_jax import complexity, run_config
-from siriib_jax.analysis import corruptions, features, plotting, scorecam, tsne, xavg
+from siriib_jax import plotting
+from siriib_jax.analysis import corruptions, features, scorecam, tsne, xavg
 from siriib_jax.checkpointing import load_variables
 from siriib_jax.config_errors import fail
 from siriib_jax.configs import default as default_config

@@ -1,11 +1,11 @@
-"""analysis/plotting: picture grids with row labels and embedding panels, written as PNGs
+"""siriib_jax/plotting: picture grids with row labels and embedding panels, written as PNGs
 that show what they were given."""
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from siriib_jax.analysis.plotting import (accuracy_scatter, embedding_figure, image_grid,
+from siriib_jax.plotting import (accuracy_scatter, embedding_figure, image_grid,
                                          paired_bars, save_png)
 from siriib_jax.analysis.xavg import Row
 

@@ -4,7 +4,7 @@ keeps the classes' neighbourhoods, and panels on common axes (Fig. 8)."""
 import numpy as np
 import pytest
 
-from siriib_jax.analysis.plotting import embedding_figure
+from siriib_jax.plotting import embedding_figure
 from siriib_jax.analysis.tsne import embed, embed_models, penultimate_features, shared_limits
 from tests.helpers import tiny_model
 

@@ -5,11 +5,11 @@ docs/analysis.md). A pure library; import the modules themselves:
 * `scorecam`: Score-CAM heatmaps (Fig. 7);
 * `features`: the backbone's last feature map and penultimate features, captured;
 * `tsne`: t-SNE of penultimate features on common axes (Fig. 8);
-* `plotting`: the one home of matplotlib — picture grids, embedding panels, PNGs;
 * `corruptions`: CIFAR-10-C accuracy per corruption and severity (Table 9).
 
 Nothing is imported here, so that importing one module does not load the others'
 libraries (scikit-learn, matplotlib). Arrays are computed apart from drawing: a figure is
 `rows = xavg.…_rows(…)` (or `scorecam.heatmap_rows`), then
-`plotting.save_png(plotting.image_grid(rows), path)`.
+`plotting.save_png(plotting.image_grid(rows), path)` (`siriib_jax/plotting.py`, the one
+home of matplotlib, shared with the evaluation's figures).
 """

@@ -25,8 +25,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from siriib_jax import parallel
-from siriib_jax.analysis import plotting
+from siriib_jax import parallel, plotting
 from siriib_jax.evaluation.robustness import Points, load_share
 from siriib_jax.evaluation.batching import (Hosts, attack_key, current_hosts, map_batches,
                                             gather_points, predict, run_attack)

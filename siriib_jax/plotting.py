@@ -2,8 +2,9 @@
 
 Figures are built on `matplotlib.figure.Figure` with the Agg canvas directly (no pyplot):
 nothing global is switched (no backend selection, no open-figure registry), so the module
-is safe to import anywhere, headless included. Computation lives beside it (`xavg.py`,
-`scorecam.py`, `tsne.py`); this module only draws arrays and writes PNGs.
+is safe to import anywhere, headless included. Computation lives elsewhere (`analysis/`:
+`xavg.py`, `scorecam.py`, `tsne.py`; `evaluation/svd_study.py`); this module only draws
+arrays and writes PNGs, and imports nothing of the package, so every part can use it.
 
 * `image_grid`: rows of pictures with a label at the left of each row (Fig. 4, 7, 9, 10, 11).
 * `embedding_figure`: 2-D embeddings side by side on common axes, coloured by class (Fig. 8).
