@@ -43,7 +43,8 @@ with several hosts, each attacking its share, its position among every host's po
 — so its x_adv and success depend neither on which other points share its chunk, nor on
 the padding, nor on the chunk sizes. Attacking only the points still robust therefore
 gives, point by point, the robust flags and the x_adv of the broken points that attacking
-every point gives (`only_robust=False`; tests/test_autoattack.py). Keys: component i of
+every point gives (`only_robust=False`; tests/test_autoattack.py) — x_adv up to float32
+rounding, as XLA compiles one program per chunk size (FAB-T's differ by 1 ulp). Keys: component i of
 the ensemble draws from `fold_in(key_attacks, i)` (`key_clean, key_attacks =
 split(key)`), target rank r of a targeted attack from `fold_in(·, r)`, and point j from
 `fold_in(·, index[j])`; inside, restart r of Square from `fold_in(·, r)` and its
