@@ -5,6 +5,8 @@ Fixtures live in `conftest.py`; plain functions live here and are imported as
 """
 
 import os
+import subprocess
+import sys
 
 import flax.linen as nn
 import jax
@@ -178,3 +180,29 @@ def tiny_model(name: str = "resnet18", siriib: bool = True, size: int = 16, seed
   # One compiled program, not op by op (several times faster on a loaded CPU).
   variables = jax.jit(model.init)(jax.random.key(seed), jnp.zeros((1, size, size, 3)))
   return model, variables
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_FORCED_DEVICES_PREAMBLE = """
+import os, sys
+os.environ["XLA_FLAGS"] = ("--xla_force_host_platform_device_count={devices} "
+                           "--xla_backend_optimization_level=0 "  # And conftest's.
+                           "--xla_llvm_disable_expensive_passes=true")
+sys.path.insert(0, {repo!r})
+from siriib_jax.runtime import configure_process
+configure_process()
+import jax
+assert jax.device_count() == {devices}
+"""
+
+
+def run_on_forced_devices(script: str, devices: int, timeout: int = 600) -> str:
+  """Runs `script` in a fresh Python process with `devices` forced CPU devices (the device
+  count is fixed when JAX starts, so a test cannot change it in-process) and asserts it
+  exits 0 having printed a line "OK". Returns its stdout."""
+  source = _FORCED_DEVICES_PREAMBLE.format(devices=devices, repo=REPO) + script
+  result = subprocess.run([sys.executable, "-c", source], capture_output=True, text=True,
+                          timeout=timeout, cwd=REPO)
+  assert result.returncode == 0 and "OK" in result.stdout.splitlines(), (
+      result.stdout[-2000:] + result.stderr[-3000:])
+  return result.stdout

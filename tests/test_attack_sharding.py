@@ -9,23 +9,10 @@ step at a few pixels (measured: 25 of 24576 pixels, L_ori of step 1 off by 1e-3;
 file's docstring). Runs in a subprocess with two forced CPU devices; about a minute.
 """
 
-import os
-import subprocess
-import sys
-
-from tests.helpers import write_npz_dataset
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.helpers import run_on_forced_devices, write_npz_dataset
 
 _SCRIPT = """
-import os, sys
-os.environ["XLA_FLAGS"] = ("--xla_force_host_platform_device_count=2 "
-                           "--xla_backend_optimization_level=0 "
-                           "--xla_llvm_disable_expensive_passes=true")
-sys.path.insert(0, {repo!r})
-from siriib_jax.runtime import configure_process
-configure_process()
-import jax, jax.numpy as jnp, numpy as np
+import jax.numpy as jnp, numpy as np
 from siriib_jax import losses, parallel
 from siriib_jax.attacks.gradients import random_start
 from siriib_jax.data import InputPipeline, augment
@@ -34,7 +21,6 @@ from siriib_jax.models.model_fn import logits_fn
 from siriib_jax.strategies import get_strategy
 from siriib_jax.train_state import create_train_state
 from tests.helpers import tiny_training_config
-assert jax.device_count() == 2
 config = tiny_training_config({data!r})
 config.strategy = "pgd_at"
 config.attack.eps = config.attack.step_size = 1e-5
@@ -74,7 +60,4 @@ print("OK")
 
 def test_step_inputs_on_2_devices_equal_1_device(tmp_path):
   data = write_npz_dataset(tmp_path / "data")
-  result = subprocess.run([sys.executable, "-c", _SCRIPT.format(repo=REPO, data=data)],
-                          capture_output=True, text=True, timeout=600, cwd=REPO)
-  assert result.returncode == 0 and "OK" in result.stdout, (result.stdout[-2000:]
-                                                           + result.stderr[-3000:])
+  run_on_forced_devices(_SCRIPT.format(data=data), devices=2)

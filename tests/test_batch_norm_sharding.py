@@ -10,26 +10,14 @@ from single-host training (tests/test_train_multihost.py). Runs in a subprocess 
 forced CPU devices; about 30 s.
 """
 
-import os
-import subprocess
-import sys
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.helpers import run_on_forced_devices
 
 _SCRIPT = """
-import os, sys
-os.environ["XLA_FLAGS"] = ("--xla_force_host_platform_device_count=2 "
-                           "--xla_backend_optimization_level=0 "
-                           "--xla_llvm_disable_expensive_passes=true")
-sys.path.insert(0, {repo!r})
-from siriib_jax.runtime import configure_process
-configure_process()
-import jax, jax.numpy as jnp, numpy as np
+import jax.numpy as jnp, numpy as np
 from siriib_jax import parallel
 from siriib_jax.configs import default
 from siriib_jax.models import create_model
 from siriib_jax.models.model_fn import logits_fn
-assert jax.device_count() == 2
 config = default.get_config()
 config.model.width_multiplier = 0.125
 config.model.siriib.scales = (32, 16)
@@ -62,7 +50,4 @@ print("OK")
 
 
 def test_train_mode_input_gradient_on_2_devices_equals_1_device():
-  result = subprocess.run([sys.executable, "-c", _SCRIPT.format(repo=REPO)],
-                          capture_output=True, text=True, timeout=600, cwd=REPO)
-  assert result.returncode == 0 and "OK" in result.stdout, (result.stdout[-2000:]
-                                                           + result.stderr[-3000:])
+  run_on_forced_devices(_SCRIPT, devices=2)
