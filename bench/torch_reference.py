@@ -390,8 +390,9 @@ def pgd_linf(model: Classifier, x, y, eps=8 / 255, alpha=2 / 255, steps=10,
 
 class TrainStep:
   """One PGD-AT (or plain, `attack_steps=0`) SGD step of a `Classifier`, with SiRIIB's
-  `L = CE(x_adv) + λ1 (L_svd + L_info) + λ2 R_τ` when the model has SiRIIB (the clean
-  forward pass runs first, then the adversarial one, as in siriib_jax). It runs on the
+  `L = CE(x_adv) + λ1 (L_svd + L_info) + λ2 R_τ` when the model has SiRIIB (SiRIIB alone on
+  the clean images first, for `f_i(x_clean)`, then the whole model on x_adv, as in
+  siriib_jax's `train_step`). It runs on the
   model's device; `bf16` runs the forward passes under bf16 autocast (float32 parameters)."""
 
   def __init__(self, model: Classifier, attack_steps: int = 10, lambda1: float = 20.0,
@@ -415,7 +416,7 @@ class TrainStep:
         x_adv = pgd_linf(model, x, labels, steps=self.attack_steps, generator=self.generator)
       self.optimizer.zero_grad(set_to_none=True)
       if model.siriib is not None:
-        _, _, features_clean = model(x)
+        _, features_clean = model.siriib(x)
         logits, x_avg, features_adv = model(x_adv)
         l_svd = svd_loss(x_avg, x)
         l_info = sum(mse_per_example(a, c) for a, c in zip(features_adv, features_clean))

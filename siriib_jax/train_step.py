@@ -34,6 +34,10 @@ def make_train_step(model, strategy: Strategy, config: ml_collections.ConfigDict
   backbone, and the SR purifier is fitted on the same step's x_adv with
   `λ1 L_svd(x_avg(x_adv), x) + λ2 R_τ` (`losses.purifier_objective`; metrics `svd_loss`,
   `r_tau`, `orth_error`); no gradient crosses between the two (paper App. C.5).
+
+  With SiRIIB as a plug-in, `L_info`'s `f_i(x_clean)` comes from SiRIIB alone
+  (`Classifier.siriib_features`) unless the strategy needs the clean logits (TRADES): the
+  backbone's running statistics then move with x_adv only, as the plain model's do.
   """
   siriib = config.model.siriib
   use_siriib = siriib.enabled and siriib.placement == "plugin"
@@ -49,12 +53,21 @@ def make_train_step(model, strategy: Strategy, config: ml_collections.ConfigDict
                                mutable=["batch_stats"])
     return out, updates["batch_stats"]
 
+  def siriib_forward(params, batch_stats, x):
+    features, updates = model.apply({"params": params, "batch_stats": batch_stats}, x,
+                                    train=True, method="siriib_features",
+                                    mutable=["batch_stats"])
+    return features, updates["batch_stats"]
+
   def objective(params, state, x, x_adv, y, index, epoch, with_terms):
     with_siriib, with_purifier = with_terms and use_siriib, with_terms and use_purifier
     stats = state.batch_stats
-    out_clean = None
-    if strategy.needs_clean or with_siriib:
+    out_clean, features_clean = None, None
+    if strategy.needs_clean:
       out_clean, stats = forward(params, stats, x)
+      features_clean = out_clean.features
+    elif with_siriib:  # L_info's f_i^clean: SiRIIB alone, the backbone's statistics untouched.
+      features_clean, stats = siriib_forward(params, stats, x)
     out_adv, stats = forward(params, stats, x_adv)
     loss_ori = strategy.loss(out_adv.logits, out_clean.logits if out_clean else None, y)
     metrics = {"loss_ori": jnp.mean(loss_ori),
@@ -70,7 +83,7 @@ def make_train_step(model, strategy: Strategy, config: ml_collections.ConfigDict
       return total, (stats, out_adv.logits, metrics)
     if not with_siriib:
       return jnp.mean(loss_ori), (stats, out_adv.logits, metrics)
-    terms = losses.siriib_terms(params, x, out_adv.x_avg, out_adv.features, out_clean.features,
+    terms = losses.siriib_terms(params, x, out_adv.x_avg, out_adv.features, features_clean,
                                 config.loss.svd_eps)
     metrics.update(l_svd=jnp.mean(terms.svd), l_info=jnp.mean(terms.info), r_tau=terms.orth,
                    orth_error=losses.orthogonality_error(params))

@@ -113,3 +113,45 @@ def test_validation_counts_clean_and_robust_examples_over_the_mask(config):
   counts = jax.device_get(eval_step(state, batch, jax.random.key(2)))
   assert counts["count"] == 3
   assert 0 <= counts["pgd"] <= counts["clean"] <= 3
+
+
+def test_siriibs_clean_pass_leaves_the_backbones_statistics_to_x_adv(config):
+  """PGD-AT with SiRIIB: `L_info`'s clean pass runs SiRIIB alone, so the backbone's running
+  statistics take one update, from x_adv (as the plain model's), and SiRIIB's take two."""
+  from siriib_jax.models import create_model  # pylint: disable=g-import-not-at-top
+  config.strategy = "pgd_at"
+  config.model.width_multiplier = 0.125
+  config.model.siriib.scales = (16, 8)
+  size = 16
+  model = create_model(config.model, size)
+  strategy = get_strategy(config)
+  x_adv = jnp.full((4, size, size, 3), 0.25)
+  step = make_train_step(model, strategy.__class__(lambda *_: x_adv, strategy.loss), config, 2)
+  state = create_train_state(model, config, jax.random.key(0), (size, size, 3),
+                             steps_per_epoch=2, num_train_examples=8, strategy=strategy)
+  rng = np.random.default_rng(0)
+  batch = {"image": jnp.asarray(rng.integers(0, 256, (4, size, size, 3), dtype=np.uint8)),
+           "label": jnp.arange(4) % 10, "index": jnp.arange(4)}
+  after, metrics = jax.jit(step)(state, batch, jax.random.key(1))
+  assert float(metrics["finite"]) == 1.0 and float(metrics["l_info"]) > 0
+  _, once = model.apply({"params": state.params, "batch_stats": state.batch_stats}, x_adv,
+                        train=True, mutable=["batch_stats"])
+  for a, b in zip(jax.tree.leaves(after.batch_stats["backbone"]),
+                  jax.tree.leaves(once["batch_stats"]["backbone"])):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  moved_twice = [not np.allclose(a, b) for a, b in zip(
+      jax.tree.leaves(after.batch_stats["siriib"]),
+      jax.tree.leaves(once["batch_stats"]["siriib"]))]
+  assert any(moved_twice)  # The clean images moved SiRIIB's statistics too.
+
+
+def test_siriib_features_is_refused_without_siriib():
+  from siriib_jax.models import create_model  # pylint: disable=g-import-not-at-top
+  from siriib_jax.configs import default  # pylint: disable=g-import-not-at-top
+  config = default.get_config().model
+  config.width_multiplier = 0.125
+  config.siriib.enabled = False
+  model = create_model(config, 16)
+  variables = model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))
+  with pytest.raises(ValueError, match="no SiRIIB plug-in"):
+    model.apply(variables, jnp.zeros((1, 16, 16, 3)), method="siriib_features")

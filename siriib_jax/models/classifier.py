@@ -74,6 +74,20 @@ class Classifier(nn.Module):
     normalised = (x.astype(jnp.float32) - jnp.asarray(self.mean)) / jnp.asarray(self.std)
     return self.backbone(normalised, skips=(), train=train).astype(jnp.float32)
 
+  def siriib_features(self, x: jnp.ndarray, train: bool = False) -> tuple:
+    """SiRIIB alone on x (B, H, W, 3) in [0, 1]: the tuple of `f_i` (as `ModelOutput.features`),
+    without the backbone. The train step's clean pass for `L_info` (paper §4.2 needs
+    `f_i^clean`, not clean logits): in train mode only SiRIIB's batch statistics move, so the
+    backbone's running statistics see the batches its loss sees, as in the plain model.
+
+    Raises:
+      ValueError: the model has no SiRIIB plug-in.
+    """
+    if self.siriib is None:
+      raise ValueError("siriib_features: the model has no SiRIIB plug-in (build it with "
+                       "model.siriib.enabled=True and model.siriib.placement='plugin')")
+    return self.siriib(x.astype(jnp.float32), self.backbone.skip_targets, train)[1]
+
   def purify(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
     """The purifier's x_avg (B, H, W, 3) in (0, 1) of x (B, H, W, 3) in [0, 1].
 
