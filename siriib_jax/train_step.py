@@ -86,7 +86,8 @@ def make_train_step(model, strategy: Strategy, config: ml_collections.ConfigDict
     terms = losses.siriib_terms(params, x, out_adv.x_avg, out_adv.features, features_clean,
                                 config.loss.svd_eps)
     metrics.update(l_svd=jnp.mean(terms.svd), l_info=jnp.mean(terms.info), r_tau=terms.orth,
-                   orth_error=losses.orthogonality_error(params))
+                   orth_error=losses.orthogonality_error(params),
+                   f_spread=losses.feature_spread(features_clean))
     total = losses.siriib_objective(loss_ori, terms, lambda1, lambda2)
     return total, (stats, out_adv.logits, metrics)
 

@@ -135,3 +135,13 @@ def test_cross_entropy_is_per_example():
   logits = jnp.array([[10.0, 0.0], [0.0, 10.0]])
   ce = losses.cross_entropy(logits, jnp.array([0, 0]))
   assert ce.shape == (2,) and float(ce[0]) < 1e-3 and float(ce[1]) > 9.0
+
+
+def test_feature_spread_is_zero_for_input_independent_features_only():
+  rng = np.random.default_rng(0)
+  bias = rng.normal(size=(1, 4, 4, 3)).astype(np.float32)
+  constant = [jnp.broadcast_to(bias, (5, 4, 4, 3)), jnp.full((5, 2, 2, 6), 0.3)]
+  assert float(losses.feature_spread(constant)) < 1e-7  # Rounding of the batch mean.
+  varying = [jnp.asarray(rng.normal(size=(5, 4, 4, 3)), jnp.float32), constant[1]]
+  expected = (np.mean(np.std(np.asarray(varying[0]), axis=0)) + 0.0) / 2
+  np.testing.assert_allclose(losses.feature_spread(varying), expected, rtol=1e-5)

@@ -134,6 +134,7 @@ def test_siriibs_clean_pass_leaves_the_backbones_statistics_to_x_adv(config):
            "label": jnp.arange(4) % 10, "index": jnp.arange(4)}
   after, metrics = jax.jit(step)(state, batch, jax.random.key(1))
   assert float(metrics["finite"]) == 1.0 and float(metrics["l_info"]) > 0
+  assert float(metrics["f_spread"]) > 0  # Freshly initialised skip features vary with x.
   _, once = model.apply({"params": state.params, "batch_stats": state.batch_stats}, x_adv,
                         train=True, mutable=["batch_stats"])
   for a, b in zip(jax.tree.leaves(after.batch_stats["backbone"]),
