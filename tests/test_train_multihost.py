@@ -12,14 +12,14 @@ continuous at that scale: a ReLU whose pre-activation is within rounding of 0 pa
 gradient on one side and not on the other, and PGD's sign step flips with the sign of a
 near-zero input gradient. Measured on this tiny config, one process (probes of session 11):
 the parameters after step 1 perturbed by 1e-7 relative noise move the gradient of the
-training loss by 5.6 % of its largest component in one kernel (backbone stage2_block1),
-that of L_ori by 0.69 % in global norm — the same at 1e-6, nothing at 1e-8 or 1e-9: a jump,
-from 2 ReLU gates of stage2_block1 that flipped; it comes from L_ori alone (λ1 = 0 gives the same numbers),
-while L_svd's gradient moves by at most 3e-5 relative (L_info's sits below 1.5e-4 in
-absolute value). A difference of that size in step 1's update is no longer rounding in step
-2, which amplifies it (the SR blocks' `orthogonal_polar` kernels ended 0.007 apart after 2
-steps), so two runs' parameters after
-several steps need not agree closely for any implementation, and this test does not ask it.
+training loss by 5.6 % of its largest component in one kernel (backbone stage2_block1), that
+of L_ori by 0.69 % in global norm — the same at 1e-6, nothing at 1e-8 or 1e-9: a jump, from
+2 ReLU gates of stage2_block1 that flipped; it comes from L_ori alone (λ1 = 0 gives the same
+numbers), while L_svd's gradient moves by at most 3e-5 relative (L_info's sits below 1.5e-4
+in absolute value). A difference of that size in step 1's update is no longer rounding in
+step 2, which amplifies it (the SR blocks' `orthogonal_polar` kernels ended 0.007 apart
+after 2 steps), so two runs' parameters after several steps need not agree closely for any
+implementation, and this test does not ask it.
 
 It asserts what must hold step by step, from a common state: step 1 from the same initial
 state, and step 2 of one process from the 2-process run's state after step 1 (its
