@@ -182,23 +182,27 @@ class _Context:
     """Run label → its report (`report`), None for the runs no section evaluated."""
     return {r.label: self._reports.get(r.workdir) for r in self.runs}
 
+  def key(self, run: Run, *what) -> str:
+    """16 hex digits naming a result kept under `paper/` for `run`: a hash of what it
+    depends on (the run's workdir and checkpoint step, `what` (e.g. the attacks), the
+    evaluation config, the points), so a rerun reuses it and nothing else does."""
+    return hashlib.sha256(json.dumps(
+        [os.path.abspath(run.workdir), run.step, list(what), self.evaluation.to_json(),
+         len(self.y), hashlib.sha256(self.x.tobytes() + self.y.tobytes()).hexdigest()]
+    ).encode()).hexdigest()[:16]
+
   def report(self, run: Run) -> dict[str, float]:
     """Row name → accuracy (%) of `paper.attacks` + `paper.l2_attacks` (+ Table 4's
     adaptive attacks for SiRIIB runs) on the paper's points.
 
-    Kept in `paper/reports/<key>.json`, the key a hash of what the numbers depend on (the
-    run's workdir and checkpoint step, the attacks, the evaluation config, the points).
+    Kept in `paper/reports/<key>.json` (`key`, of the attacks).
     """
     if run.workdir not in self._reports:
       paper = self.config.paper
       attacks = tuple(paper.attacks) + tuple(paper.l2_attacks)
       if run.role == SIRIIB:
         attacks += ("adaptive",)
-      key = hashlib.sha256(json.dumps(
-          [os.path.abspath(run.workdir), run.step, attacks, self.evaluation.to_json(),
-           len(self.y), hashlib.sha256(self.x.tobytes() + self.y.tobytes()).hexdigest()]
-      ).encode()).hexdigest()[:16]
-      path = os.path.join(self.directory, "reports", f"{key}.json")
+      path = os.path.join(self.directory, "reports", f"{self.key(run, *attacks)}.json")
       if os.path.exists(path):
         with open(path) as f:
           self._reports[run.workdir] = json.load(f)["accuracy"]
@@ -344,13 +348,16 @@ def table9(ctx: _Context):
 def figures_1_2(ctx: _Context, which: int):
   runs = ctx.by_role(BASELINE, SIRIIB)
   pngs = []
-  for i, run in enumerate(runs):
-    directory = os.path.join(ctx.directory, f"svd_study_{i}")
+  for run in runs:
+    # Keyed like the reports: another checkpoint, evaluation config or set of points is
+    # studied again, never shown under an earlier study's numbers.
+    name = f"svd_study_{ctx.key(run, 'svd_study')}"
+    directory = os.path.join(ctx.directory, name)
     if not os.path.exists(os.path.join(directory, "svd_study.json")):
       config = ml_collections.ConfigDict({"evaluation": ctx.evaluation})
       svd_study(run.model, run.variables, config, (ctx.x, ctx.y), directory=directory)
-    name = "svd_study_accuracy.png" if which == 1 else "svd_study_images.png"
-    pngs.append((run.label, os.path.join(f"svd_study_{i}", name)))
+    png = "svd_study_accuracy.png" if which == 1 else "svd_study_images.png"
+    pngs.append((run.label, os.path.join(name, png)))
   return "", pngs
 
 

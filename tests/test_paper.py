@@ -99,3 +99,31 @@ def test_reports_are_kept_and_reused_until_the_checkpoint_changes(tmp_path, monk
   retrained = paper._Context(config, [run(9)], data, str(tmp_path / "paper")).report(run(9))
   assert retrained["pgd1"] == 50.0 and len(calls) == 2
   assert len(os.listdir(tmp_path / "paper" / "reports")) == 2
+
+
+def test_svd_studies_are_kept_per_checkpoint_not_per_position(tmp_path, monkeypatch):
+  """Figures 1–2 reuse a run's SVD study only for the same checkpoint (and points and
+  evaluation config): a retrained run, or a run listed at another position, never shows
+  another study's numbers."""
+  config = _tiny_paper_config(write_npz_dataset(tmp_path / "data"), True)
+  data = paper.InputPipeline(config.dataset, global_batch_size=16, seed=0, training=False)
+  calls = []
+
+  def fake_svd_study(model, variables, cfg, points, directory):
+    calls.append(directory)
+    os.makedirs(directory, exist_ok=True)
+    with open(os.path.join(directory, "svd_study.json"), "w") as f:
+      json.dump({"call": len(calls)}, f)
+
+  monkeypatch.setattr(paper, "svd_study", fake_svd_study)
+  run = lambda step, name="sr": paper.Run(name, str(tmp_path / name), paper.SIRIIB, config,
+                                          None, {}, step)
+  figure = lambda *runs: paper.figures_1_2(
+      paper._Context(config, list(runs), data, str(tmp_path / "paper")), 1)[1]
+  first = figure(run(5))
+  assert figure(run(5)) == first and len(calls) == 1
+  retrained = figure(run(9))
+  assert len(calls) == 2 and retrained[0][1] != first[0][1]
+  # Another run placed first does not take over the first run's study.
+  both = figure(run(3, "other"), run(5))
+  assert len(calls) == 3 and both[1] == first[0]
