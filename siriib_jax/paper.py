@@ -323,7 +323,7 @@ def table8(ctx: _Context):
   table = purification.purification_table(
       run.model, run.variables, ctx.evaluation, (ctx.x, ctx.y),
       attacks=tuple(ctx.config.paper.purification_attacks))
-  return purification.to_markdown(table), [], table
+  return purification.to_markdown(table, heading=None), [], table
 
 
 def table9(ctx: _Context):

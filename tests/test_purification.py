@@ -296,6 +296,8 @@ def test_table8_x_adv_column_is_the_attacks_own_robust_accuracy_against_the_back
   report = evaluate_robustness(model, variables, config, (x, y), attacks=("clean", "pgd10"))
   assert {r.name: r.robust for r in report.rows} == {"clean": 21, "pgd10": row["correct_adv"]}
   assert "| x or x_adv |" in to_markdown(table) and "PGD-10" in to_markdown(table)
+  assert to_markdown(table).startswith("### Table 8.")
+  assert "Table 8" not in to_markdown(table, heading=None).splitlines()[0]  # Caller's own.
 
 
 def test_table8_with_an_identity_purifier_has_equal_columns(config):

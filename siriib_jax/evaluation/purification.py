@@ -224,10 +224,11 @@ def _percent(value: float) -> str:
   return f"{100 * value:.2f}"
 
 
-def to_markdown(table: dict, heading: str = "###") -> str:
+def to_markdown(table: dict, heading: Optional[str] = "###") -> str:
   """Table 8 of `purification_table`'s dict as Markdown: the paper's two rows (input x or
-  x_adv; input x_avg) under its caption, a line on how it was computed, and per attack the
-  points x_avg recovers and loses. Accuracies in %."""
+  x_adv; input x_avg) under its caption (a `heading` line; None: no caption line, for a
+  caller that writes its own), a line on how it was computed, and per attack the points
+  x_avg recovers and loses. Accuracies in %."""
   attacks = table["attacks"]
   header = "| Input | Clean Accuracy | " + " | ".join(r["label"] for r in attacks) + " |"
   rule = "|---" * (2 + len(attacks)) + "|"
@@ -235,7 +236,8 @@ def to_markdown(table: dict, heading: str = "###") -> str:
            " | ".join(_percent(r["accuracy_adv"]) for r in attacks) + " |")
   second = ("| x_avg | " + _percent(table["clean"]["accuracy_x_avg"]) + " | " +
             " | ".join(_percent(r["accuracy_purified"]) for r in attacks) + " |")
-  lines = [f"{heading} {table['caption']}", "", header, rule, first, second, "",
+  lines = [f"{heading} {table['caption']}", ""] if heading is not None else []
+  lines += [header, rule, first, second, "",
            f"{table['num_points']} test points ({table['selection']}). x_adv is generated "
            f"against the backbone alone (grey-box: the attacker does not know the SR "
            f"blocks); x_avg is the separately trained SR purifier's output on x (clean "
