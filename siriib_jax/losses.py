@@ -61,10 +61,11 @@ def feature_spread(features: Sequence[jnp.ndarray]) -> jnp.ndarray:
   """Scalar diagnostic of SiRIIB's skip features: the standard deviation over the batch of
   each `f_i` (B, H_i, W_i, C_i), averaged over positions and channels, then over the `f_i`.
 
-  0 (up to rounding) when the `f_i` no longer depend on the input: the IB path has collapsed to constant
-  biases (e.g. every unit of c(·)'s last ReLU dead), which `L_info` alone rewards (it is 0
-  for input-independent `f_i`); measured in quickstart and reproduction runs (RESULTS.md,
-  "Collapse of the skip features"). Not a loss term; float32; 0 for no features.
+  0 (up to rounding) when the `f_i` no longer depend on the input: the IB path has
+  collapsed to constant biases (e.g. every unit of c(·)'s last ReLU dead), which `L_info`
+  alone rewards (it is 0 for input-independent `f_i`); measured in quickstart and
+  reproduction runs (RESULTS.md, "Collapse of the skip features"). Not a loss term;
+  float32; 0 for no features.
   """
   spreads = [jnp.mean(jnp.std(f.astype(jnp.float32), axis=0)) for f in features]
   return sum(spreads) / len(spreads) if spreads else jnp.zeros((), jnp.float32)
