@@ -6,10 +6,11 @@ module doc of attacks/autoattack.py)."""
 
 import jax
 import numpy as np
+import pytest
 
 from siriib_jax import attacks
 from siriib_jax.attacks.autoattack import (QUERY_SIGNIFICANT_BITS, _compiled, attack_points,
-                                           bucket_size)
+                                           bucket_size, chunk_plan)
 from tests.helpers import linear_attack_problem
 
 
@@ -53,7 +54,7 @@ def test_only_robust_points_give_the_result_of_attacking_every_point():
 def test_square_segments_compile_few_chunk_sizes():
   """Square's gathered chunks take sizes with three significant bits (m · 2^k, m < 8):
   at most four per octave, under a quarter of padding; with a mesh, a multiple of its
-  size."""
+  size; on CPU devices, pieces of three sizes."""
   for bucket in (8, 64, 256):
     sizes = [bucket_size(n, bucket, QUERY_SIGNIFICANT_BITS) for n in range(1, bucket + 1)]
     assert all(n <= size <= bucket and 4 * (size - n) < n
@@ -61,11 +62,53 @@ def test_square_segments_compile_few_chunk_sizes():
     for octave in range(1, bucket.bit_length() + 1):
       assert len({s for s in sizes if s != bucket and s.bit_length() == octave}) <= 4
   assert [bucket_size(n, 256, multiple=8) for n in (1, 9, 17, 250)] == [8, 16, 24, 256]
-  # A run: each gathering compiles Square's step at most once per size it meets.
+  # On CPU devices, pieces of 32, 16 and 8 (of a multiple of the device count): every point
+  # once, in order, less than a quarter piece of padding, three sizes at most.
+  for multiple in (1, 8):
+    for n in range(1, 200):
+      plan = chunk_plan(n, 500, QUERY_SIGNIFICANT_BITS, multiple, piece=32)
+      assert sum(count for count, _ in plan) == n
+      assert all(0 < count <= size and size % multiple == 0 for count, size in plan)
+      assert {size for _, size in plan} <= {32, 16, 8}
+      assert sum(size for _, size in plan) - n < 8
+  assert chunk_plan(129, 500, piece=32) == [(32, 32)] * 4 + [(1, 8)]
+  assert chunk_plan(301, 256) == [(256, 256), (45, 48)]  # No piece: whole chunks.
+  # A run on this CPU: Square's step compiles for the three piece sizes at most.
   fn, x, y, eps, clean_correct = linear_attack_problem(n=24)
   attack = attacks.square(eps, queries=40)
   success, x_adv = ~clean_correct, x.copy()
   attack_points(attack, fn, x, y, jax.random.key(0), clean_correct, success, x_adv,
                 bucket=16, compact_every=4)
-  allowed = {bucket_size(n, 16, QUERY_SIGNIFICANT_BITS) for n in range(1, 17)}
-  assert _compiled(attack).advance._cache_size() <= len(allowed)  # pylint: disable=protected-access
+  assert _compiled(attack).advance._cache_size() <= 3  # pylint: disable=protected-access
+
+
+@pytest.mark.parametrize("targeted", [False, True])
+def test_stepped_runs_drop_broken_points_with_the_attack_result(targeted):
+  """APGD and APGD-T run in segments (`base.Stepped`), each on the points not yet broken
+  (and each restart on the points earlier restarts left): point by point, the success and
+  x_adv of the attack called on that point alone with its key — for APGD-T, its targets
+  one after another, the first success kept."""
+  fn, x, y, eps, clean_correct = linear_attack_problem(n=24)
+  steps = 12  # Cut at 1, 3 and 5 (`apgd.segment_starts`).
+  attack = (attacks.apgd_targeted(eps, steps=steps, n_target_classes=2, restarts=2)
+            if targeted else attacks.apgd(eps, steps=steps, restarts=2))
+  assert attack.stepped.starts == (0, 1, 3, 5)
+  key = jax.random.key(5)
+  success, x_adv, events = ~clean_correct, x.copy(), []
+  attack_points(attack, fn, x, y, key, clean_correct, success, x_adv, bucket=8,
+                broken_only=False, progress=events.append)
+  alone = jax.jit(attack.single_target if targeted else attack)
+  for j in np.flatnonzero(clean_correct):
+    one = lambda k, *rank: alone(fn, x[j:j + 1], y[j:j + 1], jax.random.fold_in(k, j), *rank)
+    if targeted:
+      expected = one(jax.random.fold_in(key, 1), np.int32(1))
+      if not expected.success[0]:
+        expected = one(jax.random.fold_in(key, 2), np.int32(2))
+    else:
+      expected = one(key)
+    assert success[j] == bool(expected.success[0]), j
+    np.testing.assert_allclose(x_adv[j], np.asarray(expected.x_adv[0]), rtol=0, atol=1e-6)
+  broken = success & clean_correct
+  assert 0 < broken.sum() < clean_correct.sum()
+  # Points broken early left the run: some report came with 0 < done < total.
+  assert any(0 < p.done < p.total for p in events), [(p.done, p.total) for p in events]

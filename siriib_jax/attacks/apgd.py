@@ -22,13 +22,13 @@ and loss, gradient and logits are EOT averages (`gradients.bind_objective`); suc
 means the averaged logits misclassify.
 """
 
-from typing import List, Union
+from typing import List, NamedTuple, Union
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from siriib_jax.attacks.base import Attack, AttackResult, TargetedAttack
+from siriib_jax.attacks.base import Attack, AttackResult, Stepped, TargetedAttack
 from siriib_jax.attacks.gradients import (Candidate, Loss, bind_objective, loop_unroll,
                                           num_classes, random_start,
                                           value_logits_and_grad, worst_of_runs)
@@ -53,60 +53,115 @@ def checkpoints(steps: int) -> List[int]:
   return result
 
 
-def _run(objective, x, y, key, *, eps, norm, steps, rho, momentum, unroll) -> Candidate:
-  """One APGD run (Algorithm 1) from a random start; `objective` as in `gradients`."""
+class ApgdState(NamedTuple):
+  """One APGD run between two iterations, per example (leading axis B): what a host-side
+  runner carries from one segment of iterations to the next (`base.Stepped`).
+
+  x, x_prev: the current and previous iterate; loss, grad: the objective and its gradient
+  at x; x_best, loss_best, grad_best: the iterate of highest loss so far; x_success: the
+  first misclassified iterate; success: one was found; eta: the step size; increases: steps
+  that raised the loss since the last checkpoint; loss_best_at_check, halved_at_check: the
+  best loss and the halving decision at the last checkpoint; target: the target class of
+  APGD-T (0, unused, for untargeted APGD)."""
+  x: jnp.ndarray
+  x_prev: jnp.ndarray
+  loss: jnp.ndarray
+  grad: jnp.ndarray
+  x_best: jnp.ndarray
+  loss_best: jnp.ndarray
+  grad_best: jnp.ndarray
+  x_success: jnp.ndarray
+  success: jnp.ndarray
+  eta: jnp.ndarray
+  increases: jnp.ndarray
+  loss_best_at_check: jnp.ndarray
+  halved_at_check: jnp.ndarray
+  target: jnp.ndarray
+
+
+def _begin(objective, x, y, key, target, *, eps, norm, steps) -> ApgdState:
+  """The state of one run (Algorithm 1) at its random start x⁽⁰⁾, before iteration 0."""
+  key_start, key_eot = jax.random.split(key)
+  x0 = random_start(key_start, x, eps, norm)
+  loss0, logits0, grad0 = value_logits_and_grad(objective, x0, jax.random.fold_in(key_eot, steps))
+  return ApgdState(
+      x=x0, x_prev=x0, loss=loss0, grad=grad0,
+      x_best=x0, loss_best=loss0, grad_best=grad0,
+      x_success=x0, success=jnp.argmax(logits0, axis=-1) != y,
+      eta=jnp.full(y.shape, 2.0 * eps, x.dtype),
+      increases=jnp.zeros(y.shape, jnp.float32),
+      loss_best_at_check=loss0, halved_at_check=jnp.zeros(y.shape, bool),
+      target=target)
+
+
+def _advance(objective, x, y, key, state: ApgdState, start, stop, *, eps, norm, steps, rho,
+             momentum, unroll) -> ApgdState:
+  """Iterations start … stop − 1 of the run that `_begin` started with the same `key`;
+  iteration i draws from `fold_in(key, i)` whichever segment it runs in, so segments give
+  the state of one loop. `start`, `stop` may be traced (then `unroll` must be 1)."""
   check = np.zeros(steps, bool)
   interval = np.ones(steps, np.float32)
   previous = 0
   for w in checkpoints(steps):
     check[w - 1], interval[w - 1], previous = True, w - previous, w
   check, interval = jnp.asarray(check), jnp.asarray(interval)
-
-  key_start, key_eot = jax.random.split(key)
+  _, key_eot = jax.random.split(key)
   expand = lambda v: v.reshape((-1,) + (1,) * (x.ndim - 1))
-  x0 = random_start(key_start, x, eps, norm)
-  loss0, logits0, grad0 = value_logits_and_grad(objective, x0, jax.random.fold_in(key_eot, steps))
-  success0 = jnp.argmax(logits0, axis=-1) != y
-  state = dict(
-      x=x0, x_prev=x0, loss=loss0, grad=grad0,
-      x_best=x0, loss_best=loss0, grad_best=grad0,
-      x_success=x0, success=success0,
-      eta=jnp.full(y.shape, 2.0 * eps, x.dtype),
-      increases=jnp.zeros(y.shape, jnp.float32),
-      loss_best_at_check=loss0, halved_at_check=jnp.zeros(y.shape, bool))
 
-  def step(i, s):
+  def step(i, s: ApgdState) -> ApgdState:
     a = jnp.where(i == 0, 1.0, momentum).astype(x.dtype)
-    z = project(s["x"] + expand(s["eta"]) * normalized_step(s["grad"], norm), x, eps, norm)
-    x_new = project(s["x"] + a * (z - s["x"]) + (1 - a) * (s["x"] - s["x_prev"]), x, eps,
-                    norm)
+    z = project(s.x + expand(s.eta) * normalized_step(s.grad, norm), x, eps, norm)
+    x_new = project(s.x + a * (z - s.x) + (1 - a) * (s.x - s.x_prev), x, eps, norm)
     loss, logits, grad = value_logits_and_grad(objective, x_new,
                                                jax.random.fold_in(key_eot, i))
-    newly = (jnp.argmax(logits, axis=-1) != y) & ~s["success"]
-    improved = loss > s["loss_best"]
+    newly = (jnp.argmax(logits, axis=-1) != y) & ~s.success
+    improved = loss > s.loss_best
     where = lambda c, u, v: jnp.where(expand(c) if u.ndim > 1 else c, u, v)
-    s = dict(s,
-             x_success=where(newly, x_new, s["x_success"]), success=s["success"] | newly,
-             x_best=where(improved, x_new, s["x_best"]),
-             loss_best=jnp.where(improved, loss, s["loss_best"]),
-             grad_best=where(improved, grad, s["grad_best"]),
-             increases=s["increases"] + (loss > s["loss"]))
+    s = s._replace(
+        x_success=where(newly, x_new, s.x_success), success=s.success | newly,
+        x_best=where(improved, x_new, s.x_best),
+        loss_best=jnp.where(improved, loss, s.loss_best),
+        grad_best=where(improved, grad, s.grad_best),
+        increases=s.increases + (loss > s.loss))
     # Step-size check (§3.2); `halve` is False away from the checkpoints.
-    halve = check[i] & ((s["increases"] < rho * interval[i]) |
-                        (~s["halved_at_check"] & (s["loss_best"] <= s["loss_best_at_check"])))
-    return dict(s,
-                x=where(halve, s["x_best"], x_new),
-                x_prev=where(halve, s["x_best"], s["x"]),
-                loss=jnp.where(halve, s["loss_best"], loss),
-                grad=where(halve, s["grad_best"], grad),
-                eta=jnp.where(halve, s["eta"] / 2, s["eta"]),
-                increases=jnp.where(check[i], 0.0, s["increases"]),
-                loss_best_at_check=jnp.where(check[i], s["loss_best"], s["loss_best_at_check"]),
-                halved_at_check=jnp.where(check[i], halve, s["halved_at_check"]))
+    halve = check[i] & ((s.increases < rho * interval[i]) |
+                        (~s.halved_at_check & (s.loss_best <= s.loss_best_at_check)))
+    return s._replace(
+        x=where(halve, s.x_best, x_new),
+        x_prev=where(halve, s.x_best, s.x),
+        loss=jnp.where(halve, s.loss_best, loss),
+        grad=where(halve, s.grad_best, grad),
+        eta=jnp.where(halve, s.eta / 2, s.eta),
+        increases=jnp.where(check[i], 0.0, s.increases),
+        loss_best_at_check=jnp.where(check[i], s.loss_best, s.loss_best_at_check),
+        halved_at_check=jnp.where(check[i], halve, s.halved_at_check))
 
-  s = jax.lax.fori_loop(0, steps, step, state, unroll=loop_unroll(unroll, steps))
-  x_adv = jnp.where(expand(s["success"]), s["x_success"], s["x_best"])
-  return Candidate(x_adv, s["success"], s["loss_best"])
+  return jax.lax.fori_loop(start, stop, step, state, unroll=unroll)
+
+
+def _finish(state: ApgdState) -> Candidate:
+  """The run's result: the first successful iterate if there is one, else the point of
+  highest loss."""
+  expand = lambda v: v.reshape((-1,) + (1,) * (state.x.ndim - 1))
+  x_adv = jnp.where(expand(state.success), state.x_success, state.x_best)
+  return Candidate(x_adv, state.success, state.loss_best)
+
+
+def _run(objective, x, y, key, *, eps, norm, steps, rho, momentum, unroll) -> Candidate:
+  """One APGD run (Algorithm 1) from a random start; `objective` as in `gradients`."""
+  state = _begin(objective, x, y, key, jnp.zeros(y.shape, jnp.int32), eps=eps, norm=norm,
+                 steps=steps)
+  state = _advance(objective, x, y, key, state, 0, steps, eps=eps, norm=norm, steps=steps,
+                   rho=rho, momentum=momentum, unroll=loop_unroll(unroll, steps))
+  return _finish(state)
+
+
+def segment_starts(steps: int) -> tuple:
+  """Where a host-side runner cuts a run of `steps` iterations to drop the points already
+  broken (`base.Stepped.starts`): 0, then steps / 20, steps / 10 and the first two
+  checkpoints w_1, w_2 (22 and 41 of 100), where most of the points that break do."""
+  return tuple(sorted({0} | {w for w in (steps // 20, steps // 10, *checkpoints(steps)[:2])
+                             if 0 < w < steps}))
 
 
 def _check(norm, steps, restarts):
@@ -155,14 +210,28 @@ def apgd(eps: float,
   else:
     name, reason = f"APGD on the loss {getattr(loss, '__name__', loss)!r}", ""
 
-  def attack(logits_fn, x, y, key):
+  def objective(logits_fn, x, y):
     require_classes(num_classes(logits_fn, x, eot_samples), required, name, reason,
                     FEW_CLASSES_FIX)
-    objective = bind_objective(logits_fn, loss, y, eot_samples)
-    worst = worst_of_runs(lambda _, k: _run(objective, x, y, k, **options), key, restarts)
+    return bind_objective(logits_fn, loss, y, eot_samples)
+
+  def attack(logits_fn, x, y, key):
+    bound = objective(logits_fn, x, y)
+    worst = worst_of_runs(lambda _, k: _run(bound, x, y, k, **options), key, restarts)
     return AttackResult(worst.x_adv, worst.success)
 
+  def begin(logits_fn, x, y, key, rank, restart):
+    del rank  # Untargeted.
+    return _begin(objective(logits_fn, x, y), x, y, jax.random.split(key, restarts)[restart],
+                  jnp.zeros(y.shape, jnp.int32), eps=eps, norm=norm, steps=steps)
+
+  def advance(logits_fn, x, y, key, rank, restart, state, start, stop):
+    del rank
+    return _advance(objective(logits_fn, x, y), x, y, jax.random.split(key, restarts)[restart],
+                    state, start, stop, **dict(options, unroll=1))
+
   attack.min_classes = required
+  attack.stepped = Stepped(begin, advance, _finish, steps, segment_starts(steps), restarts)
   return attack
 
 
@@ -221,5 +290,31 @@ def apgd_targeted(eps: float,
     x_adv = jnp.where(in_range, worst.x_adv, x)
     return AttackResult(x_adv, worst.success & in_range)
 
+  def targeted_objective(logits_fn, y, target):
+    return bind_objective(logits_fn, lambda z, labels: dlr_targeted(z, labels, target), y,
+                          eot_samples)
+
+  def run_key(key, restart):
+    """The key `runs` gives restart `restart` of one target."""
+    return jax.random.split(jax.random.split(key)[1], restarts)[restart]
+
+  def begin(logits_fn, x, y, key, rank, restart):
+    """`single_target`'s run `restart` against the class ranked `rank` (1 … K − 1)."""
+    classes = num_classes(logits_fn, x, eot_samples)
+    require_classes(classes, dlr_targeted.min_classes, "apgd-t (APGD-T)",
+                    DLR_TARGETED_REASON, FEW_CLASSES_FIX)
+    key_clean, _ = jax.random.split(key)
+    _, logits = bind_objective(logits_fn, cross_entropy, y, eot_samples)(x, key_clean)
+    target = jnp.argsort(logits, axis=-1)[:, ::-1][:, jnp.minimum(rank, classes - 1)]
+    return _begin(targeted_objective(logits_fn, y, target), x, y, run_key(key, restart),
+                  target, eps=eps, norm=norm, steps=steps)
+
+  def advance(logits_fn, x, y, key, rank, restart, state, start, stop):
+    del rank  # The target is in `state`.
+    return _advance(targeted_objective(logits_fn, y, state.target), x, y,
+                    run_key(key, restart), state, start, stop, **dict(options, unroll=1))
+
   return TargetedAttack(all_targets, single_target, n_target_classes,
-                        min_classes=dlr_targeted.min_classes)
+                        min_classes=dlr_targeted.min_classes,
+                        stepped=Stepped(begin, advance, _finish, steps, segment_starts(steps),
+                                        restarts))

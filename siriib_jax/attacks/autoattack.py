@@ -34,7 +34,13 @@ each call is partial. Square (`base.QueryAttack`) runs its queries in segments o
 `compact_every` iterations and gathers, between segments, the points not yet broken, in
 chunks padded with at most three significant bits (m · 2^k, m ∈ {4, …, 7}: at most four
 sizes per octave and less than 1/4 of padding, so that a slowly shrinking set of points
-compiles a few sizes only; BENCHMARKS.md §2g compares two, three and four bits).
+compiles a few sizes only; BENCHMARKS.md §2g compares two, three and four bits) — on
+XLA:CPU, in pieces of 32, 16 and 8 points instead (`chunk_plan`: three sizes, less
+padding, and a small model's forward pass is cheaper per point in small pieces). APGD and
+APGD-T (`base.Stepped`) run likewise in segments of iterations, cut at
+`apgd.segment_starts` (5, 10, 22 and 41 of 100), each on the points not yet broken: a
+point's result is its first successful iterate, so its later iterations would change
+nothing.
 
 Exactly as if every point were attacked: each point is attacked alone — the attack is
 `jax.vmap`ped over points, each a batch of one with its own PRNG key
@@ -48,7 +54,8 @@ rounding, as XLA compiles one program per chunk size (FAB-T's differ by 1 ulp). 
 the ensemble draws from `fold_in(key_attacks, i)` (`key_clean, key_attacks =
 split(key)`), target rank r of a targeted attack from `fold_in(·, r)`, and point j from
 `fold_in(·, index[j])`; inside, restart r of Square from `fold_in(·, r)` and its
-iteration i from `fold_in(·, i)`, in whichever segment it runs.
+iteration i from `fold_in(·, i)`, and iteration i of an APGD run from `fold_in(·, i)` of its
+run's key, in whichever segment it runs.
 With a `mesh` (`parallel.data_mesh`), each chunk is padded to a multiple of the mesh's
 size and sharded over its `data` axis (the model replicated): a point's result does not
 depend on the device it runs on either.
@@ -61,7 +68,7 @@ Pass `logits_fn` as a `jax.tree_util.Partial(apply_fn, params)`: it is then a ji
 import functools
 import logging
 import time
-from typing import Callable, Dict, NamedTuple, Optional
+from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -69,7 +76,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from siriib_jax.attacks.apgd import apgd, apgd_targeted
-from siriib_jax.attacks.base import QueryAttack, SearchState, TargetedAttack, required_classes
+from siriib_jax.attacks.base import (QueryAttack, SearchState, Stepped, TargetedAttack,
+                                     required_classes)
 from siriib_jax.attacks.fab import fab_targeted
 from siriib_jax.attacks.gradients import bind_objective
 from siriib_jax.attacks.objectives import (DLR_REASON, DLR_TARGETED_REASON, cross_entropy,
@@ -127,6 +135,8 @@ SIGNIFICANT_BITS = 4
 QUERY_SIGNIFICANT_BITS = 3
 # Square gathers the points still to attack every this many queries.
 COMPACT_EVERY = 100
+# On XLA:CPU a query loop's points run in pieces of at most this many (`chunk_plan`).
+CPU_PIECE = 32
 # The mesh axis the points are sharded over (`parallel.DATA_AXIS`).
 DATA_AXIS = "data"
 
@@ -138,6 +148,42 @@ def bucket_size(n: int, bucket: int, bits: int = SIGNIFICANT_BITS, multiple: int
   shift = max(n.bit_length() - bits, 0)
   size = min(-(-n >> shift) << shift, bucket)
   return -(-size // multiple) * multiple
+
+
+def chunk_plan(n: int, bucket: int, bits: int = SIGNIFICANT_BITS, multiple: int = 1,
+               piece: int = 0) -> List[Tuple[int, int]]:
+  """How n ≥ 1 points are cut: [(count, size)], in order, `count` consecutive points run
+  padded to `size` (a multiple of `multiple`, the number of devices they are sharded over).
+
+  Without `piece`: chunks of `bucket`, the last padded to `bucket_size` (few, large calls;
+  an accelerator's time hardly grows with the batch). With `piece` (a query loop's segments
+  on XLA:CPU, `CPU_PIECE`): chunks of c = min(piece, bucket), the rest in pieces of c / 2
+  and c / 4 (rounded up to multiples of `multiple`), largest first, the last padded: three
+  sizes are ever compiled, and less than c / 4 points are padding. On a CPU a forward pass
+  costs no more per point in pieces of 32 than in chunks of 128–160, and for a small model
+  less (BENCHMARKS.md §2i: Square 17 % faster); APGD's per-point program gained nothing
+  and paid the extra compilations, so the gradient attacks keep whole chunks.
+  """
+  if not piece:
+    plan = [(bucket, bucket)] * (n // bucket)
+    return plan + ([(n % bucket, bucket_size(n % bucket, bucket, bits, multiple))]
+                   if n % bucket else [])
+  size = -(-min(piece, bucket) // multiple) * multiple
+  unit = -(-max(size // 4, 1) // multiple) * multiple
+  plan = [(size, size)] * (n // size)
+  rest = n % size
+  units = -(-rest // unit)
+  for k in reversed(range(units.bit_length())):
+    if units >> k & 1 and rest > 0:
+      plan.append((min(unit << k, rest), unit << k))
+      rest -= unit << k
+  return plan
+
+
+def _piece(mesh: Optional[Mesh]) -> int:
+  """`CPU_PIECE` where the points run on CPU devices, else 0 (`chunk_plan`; query loops)."""
+  device = mesh.devices.flat[0] if mesh is not None else jax.devices()[0]
+  return CPU_PIECE if device.platform == "cpu" else 0
 
 
 class Progress(NamedTuple):
@@ -195,15 +241,27 @@ def _per_point(fn) -> Callable:
 
 class _Compiled(NamedTuple):
   call: Optional[Callable] = None   # Plain attack, or one target of a targeted attack.
-  margin: Optional[Callable] = None  # The rest: a query loop's pieces.
-  begin: Optional[Callable] = None
+  margin: Optional[Callable] = None  # A query loop's pieces.
+  begin: Optional[Callable] = None  # A query loop's or a `Stepped` run's pieces.
   advance: Optional[Callable] = None
   predict: Optional[Callable] = None
+  finish: Optional[Callable] = None  # A `Stepped` run's result.
+
+
+def _stepped(attack) -> Optional[Stepped]:
+  return getattr(attack, "stepped", None)
 
 
 @functools.lru_cache(maxsize=256)
 def _compiled(attack) -> _Compiled:
   """The jitted per-point pieces of `attack` (cached: a rerun reuses its compilations)."""
+  stepped = _stepped(attack)
+  if stepped is not None:
+    return _Compiled(
+        begin=_per_point(lambda f, x, y, k, s, rank, r: stepped.begin(f, x, y, k, rank, r)),
+        advance=_per_point(lambda f, x, y, k, s, rank, r, a, b: stepped.advance(
+            f, x, y, k, rank, r, s, a, b)),
+        finish=_per_point(lambda f, x, y, k, s: stepped.finish(s)))
   if isinstance(attack, QueryAttack):
     return _Compiled(
         margin=_per_point(lambda f, x, y, k, s: attack.margin(f, x, y)),
@@ -218,19 +276,22 @@ def _compiled(attack) -> _Compiled:
 
 
 def _map_points(call, logits_fn, x, y, key, index, points, bucket, *, state=(), shared=(),
-                bits=SIGNIFICANT_BITS, mesh: Optional[Mesh] = None, after_chunk=None):
-  """`call` (from `_per_point`) on `points` (indices into x), in chunks of at most `bucket`
-  padded to `bucket_size`; `state`: per-point arrays (leading len(points)). Returns the
-  outputs of the points (NumPy, leading len(points)); `after_chunk(chunk, outputs)` after
-  each (`chunk`: a slice of `points`)."""
+                bits=SIGNIFICANT_BITS, piece: int = 0, mesh: Optional[Mesh] = None,
+                after_chunk=None):
+  """`call` (from `_per_point`) on `points` (indices into x), cut by `chunk_plan` (chunks of
+  at most `bucket`); `state`: per-point arrays (leading len(points)). Returns the outputs of
+  the points (NumPy, leading len(points)); `after_chunk(chunk, outputs)` after each
+  (`chunk`: a slice of `points`)."""
   outputs = None
   multiple = mesh.size if mesh is not None else 1
   sharding = NamedSharding(mesh, PartitionSpec(DATA_AXIS)) if mesh is not None else None
-  for start in range(0, len(points), bucket):
-    chunk = slice(start, min(start + bucket, len(points)))
-    n = chunk.stop - chunk.start
+  start = 0
+  for n, size in (chunk_plan(len(points), bucket, bits, multiple, piece)
+                  if len(points) else []):
+    chunk = slice(start, start + n)
+    start += n
     pad = np.concatenate([np.arange(chunk.start, chunk.stop),
-                          np.full(bucket_size(n, bucket, bits, multiple) - n, chunk.start)])
+                          np.full(size - n, chunk.start)])
     ids = points[pad]
     args = (x[ids], y[ids], np.asarray(index[ids], np.int32),
             jax.tree_util.tree_map(lambda a: a[pad], state))
@@ -292,9 +353,10 @@ def attack_points(attack, logits_fn, x: np.ndarray, y: np.ndarray, key: jax.Arra
   compiled = _compiled(attack)
   before = success.copy()
 
-  def report(stage, done, total, fraction, started):
+  def report(stage, done, total, fraction, started, pending=0):
+    """`pending`: points broken in the stage so far, not yet recorded in `success`."""
     if progress is not None:
-      progress(Progress(stage, int(done), int(total), int((~success).sum()),
+      progress(Progress(stage, int(done), int(total), int((~success).sum()) - int(pending),
                         float(fraction), time.perf_counter() - started))
 
   def plain(call, stage, k, shared=()):
@@ -310,14 +372,25 @@ def attack_points(attack, logits_fn, x: np.ndarray, y: np.ndarray, key: jax.Arra
     _map_points(call, logits_fn, x, y, k, index, points, bucket, shared=shared, mesh=mesh,
                 after_chunk=after_chunk)
 
-  if compiled.call is not None and not isinstance(attack, TargetedAttack):
-    plain(compiled.call, "", key)
-  elif compiled.call is not None:
+  def by_target(run):
+    """`run(stage, key, rank)` for each target rank of a targeted attack (once, rank 0,
+    for an untargeted one)."""
+    if not isinstance(attack, TargetedAttack):
+      run("", key, 0)
+      return
     classes = _num_classes(logits_fn, x, eot_samples)
     ranks = min(attack.n_target_classes, classes - 1)
     for rank in range(1, ranks + 1):
-      plain(compiled.call, f"target {rank}/{ranks}", jax.random.fold_in(key, rank),
-            (np.int32(rank),))
+      run(f"target {rank}/{ranks}", jax.random.fold_in(key, rank), rank)
+
+  if compiled.finish is not None:
+    by_target(lambda stage, k, rank: _stepped_runs(
+        _stepped(attack), compiled, logits_fn, x, y, k, rank, index, todo, success, x_adv,
+        bucket, broken_only, only_robust, mesh, functools.partial(report, stage)))
+  elif compiled.call is not None:
+    targeted = isinstance(attack, TargetedAttack)
+    by_target(lambda stage, k, rank: plain(compiled.call, stage, k,
+                                           (np.int32(rank),) if targeted else ()))
   else:
     _query_loop(attack, compiled, logits_fn, x, y, key, index, todo, success, x_adv,
                 bucket, broken_only, only_robust, compact_every, mesh, report)
@@ -333,7 +406,8 @@ def _query_loop(attack: QueryAttack, compiled: _Compiled, logits_fn, x, y, key, 
     report("", 0, 0, 1.0, time.perf_counter())
     return
   run = functools.partial(_map_points, logits_fn=logits_fn, x=x, y=y, key=key, index=index,
-                          bucket=bucket, bits=QUERY_SIGNIFICANT_BITS, mesh=mesh)
+                          bucket=bucket, bits=QUERY_SIGNIFICANT_BITS, piece=_piece(mesh),
+                          mesh=mesh)
   best_x = x[points].copy()
   best_margin = run(compiled.margin, points=points)
   invalid = np.isnan(best_margin)
@@ -377,6 +451,59 @@ def _query_loop(attack: QueryAttack, compiled: _Compiled, logits_fn, x, y, key, 
   # Success is re-read from one forward pass on x_adv, as `square` does.
   broke = run(compiled.predict, points=points, state=best_x)
   _record(points, broke, best_x, success, x_adv, broken_only)
+
+
+def _stepped_runs(stepped: Stepped, compiled: _Compiled, logits_fn, x, y, key, rank, index,
+                  todo, success, x_adv, bucket, broken_only, only_robust, mesh, report):
+  """`attack_points` for a `Stepped` attack, one target rank: its restarts, each on the
+  points not yet broken, in segments cut at `stepped.starts`, each on the points not yet
+  broken (with `only_robust=False`: every point of `todo`, in one segment)."""
+  points = np.flatnonzero(todo & ~success) if only_robust else np.flatnonzero(todo)
+  started = time.perf_counter()
+  if not len(points):
+    report(0, 0, 1.0, started)
+    return
+  run = functools.partial(_map_points, logits_fn=logits_fn, x=x, y=y, key=key, index=index,
+                          bucket=bucket, mesh=mesh)
+  starts = stepped.starts if only_robust else (0,)
+  work_done, best = 0, None
+  already = success[points]
+  for r in range(stepped.restarts):
+    shared = (np.int32(rank), np.int32(r))
+    attacked = (np.flatnonzero(~best.success) if only_robust and best is not None
+                else np.arange(len(points)))
+    if not len(attacked):
+      break
+    state = run(compiled.begin, points=points[attacked], shared=shared)
+    for s, start in enumerate(starts):
+      stop = starts[s + 1] if s + 1 < len(starts) else stepped.steps
+      live = np.flatnonzero(~state.success) if only_robust else np.arange(len(attacked))
+      if not len(live):
+        break
+      segment = run(compiled.advance, points=points[attacked][live],
+                    state=jax.tree_util.tree_map(lambda a: a[live], state),
+                    shared=shared + (np.int32(start), np.int32(stop)))
+      jax.tree_util.tree_map(lambda whole, part: whole.__setitem__(live, part), state,
+                             segment)
+      work_done += len(live) * (stop - start)
+      still = int((~state.success).sum())
+      runs_left = stepped.restarts - r - 1
+      work_left = still * ((stepped.steps - stop) + runs_left * stepped.steps)
+      finished = stop == stepped.steps and not runs_left
+      broken = np.zeros(len(points), bool) if best is None else best.success.copy()
+      broken[attacked] |= state.success
+      report(len(points) - (0 if finished else still), len(points),
+             work_done / max(work_done + work_left, 1), started,
+             pending=(broken & ~already).sum())
+    found = run(compiled.finish, points=points[attacked], state=state)
+    if best is None:
+      best = found
+      continue
+    # `gradients.worst_case`: a success beats a failure; of two failures, the higher loss.
+    take = ~best.success[attacked] & (found.success | (found.loss > best.loss[attacked]))
+    for whole, part in zip(best, found):
+      whole[attacked[take]] = part[take]
+  _record(points, best.success, best.x_adv, success, x_adv, broken_only)
 
 
 def _record(points, broke, found, success, x_adv, broken_only) -> None:

@@ -7,6 +7,9 @@ FAB-T) return a `TargetedAttack`: such an `Attack` that also exposes its run aga
 target class, so that AutoAttack can attack each target only on the points still robust.
 A query-based attack (Square) returns a `QueryAttack`: an `Attack` whose query loop can
 also be run in segments, so that the points still to attack can be gathered between them.
+An iterative gradient attack that stops mattering for a point once it is broken (APGD,
+APGD-T) exposes its runs likewise, as a `Stepped` (`attack.stepped`, or the `stepped` field
+of a `TargetedAttack`).
 
 An attack defined only for K ≥ k classes (one whose loss reads the k-th largest logit, e.g.
 APGD-DLR, APGD-T) says so in `min_classes` (`required_classes` reads it; 2 by default) and
@@ -14,7 +17,7 @@ raises `objectives.ClassCountError` when traced on logits with fewer classes.
 """
 
 import dataclasses
-from typing import Callable, NamedTuple, Protocol
+from typing import Callable, NamedTuple, Optional, Protocol, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -45,6 +48,37 @@ class Attack(Protocol):
 
 
 @dataclasses.dataclass(frozen=True)
+class Stepped:
+  """The runs of an iterative attack, as pieces a host-side runner can run in segments of
+  iterations, leaving out between two segments the points already broken
+  (`autoattack.attack_points`). A point's result is its first successful iterate once it
+  has one, so its later iterations change nothing; every iteration draws its randomness
+  from the run's key and its own number, so the segments give the result of one loop.
+
+  Attributes:
+    begin: `(logits_fn, x, y, key, rank, restart) -> state`, a pytree of per-point arrays
+      (leading B) with a (B,) bool field `success`, at the run's start; `rank` is the
+      target rank of a targeted attack (1 … K − 1, as in `TargetedAttack.single_target`;
+      0, unused, for an untargeted one), `restart` in 0 … restarts − 1 (int32 scalars,
+      traced). With the same `key`, the run is that of calling the attack (untargeted) or
+      its `single_target` with `rank` (targeted).
+    advance: `(logits_fn, x, y, key, rank, restart, state, start, stop) -> state`,
+      iterations start … stop − 1 (int32 scalars, traced).
+    finish: `state -> gradients.Candidate` (x_adv, success, loss): the run's result.
+    steps: iterations per run.
+    starts: the iterations at which a runner cuts a run (0 first, each < steps).
+    restarts: runs per target; a success beats a failure, between two failures the higher
+      loss is kept (`gradients.worst_case`).
+  """
+  begin: Callable
+  advance: Callable
+  finish: Callable
+  steps: int
+  starts: Tuple[int, ...]
+  restarts: int
+
+
+@dataclasses.dataclass(frozen=True)
 class TargetedAttack:
   """An `Attack` made of runs against one target class after another.
 
@@ -58,11 +92,13 @@ class TargetedAttack:
     min_classes: the fewest classes K the attack is defined for (APGD-T: 4, its targeted
       DLR loss reads the 4th largest logit); below it the attack raises
       `objectives.ClassCountError` when traced.
+    stepped: `single_target`'s runs in pieces (`Stepped`), or None.
   """
   all_targets: Attack
   single_target: Callable[..., AttackResult]
   n_target_classes: int
   min_classes: int = 2
+  stepped: Optional[Stepped] = None
 
   def __call__(self, logits_fn: LogitsFn, x: jnp.ndarray, y: jnp.ndarray,
                key: jax.Array) -> AttackResult:
