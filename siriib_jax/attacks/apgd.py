@@ -30,7 +30,7 @@ import numpy as np
 
 from siriib_jax.attacks.base import Attack, AttackResult, Stepped, TargetedAttack
 from siriib_jax.attacks.gradients import (Candidate, Loss, bind_objective, loop_unroll,
-                                          num_classes, random_start,
+                                          num_classes, random_start, run_key,
                                           value_logits_and_grad, worst_of_runs)
 from siriib_jax.attacks.objectives import (DLR_REASON, DLR_TARGETED_REASON, FEW_CLASSES_FIX,
                                            cross_entropy, dlr, dlr_targeted, min_classes,
@@ -222,12 +222,12 @@ def apgd(eps: float,
 
   def begin(logits_fn, x, y, key, rank, restart):
     del rank  # Untargeted.
-    return _begin(objective(logits_fn, x, y), x, y, jax.random.split(key, restarts)[restart],
+    return _begin(objective(logits_fn, x, y), x, y, run_key(key, restarts, restart),
                   jnp.zeros(y.shape, jnp.int32), eps=eps, norm=norm, steps=steps)
 
   def advance(logits_fn, x, y, key, rank, restart, state, start, stop):
     del rank
-    return _advance(objective(logits_fn, x, y), x, y, jax.random.split(key, restarts)[restart],
+    return _advance(objective(logits_fn, x, y), x, y, run_key(key, restarts, restart),
                     state, start, stop, **dict(options, unroll=1))
 
   attack.min_classes = required
@@ -261,21 +261,29 @@ def apgd_targeted(eps: float,
   _check(norm, steps, restarts)
   options = dict(eps=eps, norm=norm, steps=steps, rho=rho, momentum=momentum, unroll=unroll)
 
-  def runs(logits_fn, x, y, key, first_rank, n_ranks) -> Candidate:
-    """The worst case over `restarts` runs for each of `n_ranks` targets from `first_rank`."""
+  def targeted_objective(logits_fn, y, target):
+    return bind_objective(logits_fn, lambda z, labels: dlr_targeted(z, labels, target), y,
+                          eot_samples)
+
+  def ranking(logits_fn, x, y, key):
+    """(K, the classes ranked by the clean logits (B, K), most likely first, the key of the
+    runs): what every run against one target starts from."""
     classes = num_classes(logits_fn, x, eot_samples)
     require_classes(classes, dlr_targeted.min_classes, "apgd-t (APGD-T)",
                     DLR_TARGETED_REASON, FEW_CLASSES_FIX)
-    key_clean, key = jax.random.split(key)
+    key_clean, key_runs = jax.random.split(key)
     _, logits = bind_objective(logits_fn, cross_entropy, y, eot_samples)(x, key_clean)
-    ranked = jnp.argsort(logits, axis=-1)[:, ::-1]  # (B, K), most likely first.
+    return classes, jnp.argsort(logits, axis=-1)[:, ::-1], key_runs
+
+  def runs(logits_fn, x, y, key, first_rank, n_ranks) -> Candidate:
+    """The worst case over `restarts` runs for each of `n_ranks` targets from `first_rank`."""
+    classes, ranked, key = ranking(logits_fn, x, y, key)
     n_ranks = min(n_ranks, classes - 1)
 
     def run(r, key):
       rank = first_rank + r // restarts  # ≤ K − 1 when called through `all_targets`.
       target = ranked[:, jnp.minimum(rank, classes - 1)]
-      loss = lambda z, labels: dlr_targeted(z, labels, target)
-      found = _run(bind_objective(logits_fn, loss, y, eot_samples), x, y, key, **options)
+      found = _run(targeted_objective(logits_fn, y, target), x, y, key, **options)
       return found._replace(success=found.success & (rank <= classes - 1))
 
     return worst_of_runs(run, key, n_ranks * restarts)
@@ -290,29 +298,19 @@ def apgd_targeted(eps: float,
     x_adv = jnp.where(in_range, worst.x_adv, x)
     return AttackResult(x_adv, worst.success & in_range)
 
-  def targeted_objective(logits_fn, y, target):
-    return bind_objective(logits_fn, lambda z, labels: dlr_targeted(z, labels, target), y,
-                          eot_samples)
-
-  def run_key(key, restart):
-    """The key `runs` gives restart `restart` of one target."""
-    return jax.random.split(jax.random.split(key)[1], restarts)[restart]
-
   def begin(logits_fn, x, y, key, rank, restart):
     """`single_target`'s run `restart` against the class ranked `rank` (1 … K − 1)."""
-    classes = num_classes(logits_fn, x, eot_samples)
-    require_classes(classes, dlr_targeted.min_classes, "apgd-t (APGD-T)",
-                    DLR_TARGETED_REASON, FEW_CLASSES_FIX)
-    key_clean, _ = jax.random.split(key)
-    _, logits = bind_objective(logits_fn, cross_entropy, y, eot_samples)(x, key_clean)
-    target = jnp.argsort(logits, axis=-1)[:, ::-1][:, jnp.minimum(rank, classes - 1)]
-    return _begin(targeted_objective(logits_fn, y, target), x, y, run_key(key, restart),
-                  target, eps=eps, norm=norm, steps=steps)
+    classes, ranked, key_runs = ranking(logits_fn, x, y, key)
+    target = ranked[:, jnp.minimum(rank, classes - 1)]
+    return _begin(targeted_objective(logits_fn, y, target), x, y,
+                  run_key(key_runs, restarts, restart), target, eps=eps, norm=norm,
+                  steps=steps)
 
   def advance(logits_fn, x, y, key, rank, restart, state, start, stop):
     del rank  # The target is in `state`.
-    return _advance(targeted_objective(logits_fn, y, state.target), x, y,
-                    run_key(key, restart), state, start, stop, **dict(options, unroll=1))
+    key_run = run_key(jax.random.split(key)[1], restarts, restart)  # As in `begin`.
+    return _advance(targeted_objective(logits_fn, y, state.target), x, y, key_run, state,
+                    start, stop, **dict(options, unroll=1))
 
   return TargetedAttack(all_targets, single_target, n_target_classes,
                         min_classes=dlr_targeted.min_classes,

@@ -36,7 +36,7 @@ chunks padded with at most three significant bits (m · 2^k, m ∈ {4, …, 7}: 
 sizes per octave and less than 1/4 of padding, so that a slowly shrinking set of points
 compiles a few sizes only; BENCHMARKS.md §2g compares two, three and four bits) — on
 XLA:CPU, in pieces of 32, 16 and 8 points instead (`chunk_plan`: three sizes, less
-padding, and a small model's forward pass is cheaper per point in small pieces). APGD and
+padding). APGD and
 APGD-T (`base.Stepped`) run likewise in segments of iterations, cut at
 `apgd.segment_starts` (5, 10, 22 and 41 of 100), each on the points not yet broken: a
 point's result is its first successful iterate, so its later iterations would change
@@ -79,7 +79,7 @@ from siriib_jax.attacks.apgd import apgd, apgd_targeted
 from siriib_jax.attacks.base import (QueryAttack, SearchState, Stepped, TargetedAttack,
                                      required_classes)
 from siriib_jax.attacks.fab import fab_targeted
-from siriib_jax.attacks.gradients import bind_objective
+from siriib_jax.attacks.gradients import Candidate, bind_objective, worst_case
 from siriib_jax.attacks.objectives import (DLR_REASON, DLR_TARGETED_REASON, cross_entropy,
                                            dlr)
 from siriib_jax.attacks.square import _raise_if_nan, square
@@ -159,10 +159,11 @@ def chunk_plan(n: int, bucket: int, bits: int = SIGNIFICANT_BITS, multiple: int 
   an accelerator's time hardly grows with the batch). With `piece` (a query loop's segments
   on XLA:CPU, `CPU_PIECE`): chunks of c = min(piece, bucket), the rest in pieces of c / 2
   and c / 4 (rounded up to multiples of `multiple`), largest first, the last padded: three
-  sizes are ever compiled, and less than c / 4 points are padding. On a CPU a forward pass
-  costs no more per point in pieces of 32 than in chunks of 128–160, and for a small model
-  less (BENCHMARKS.md §2i: Square 17 % faster); APGD's per-point program gained nothing
-  and paid the extra compilations, so the gradient attacks keep whole chunks.
+  sizes are ever compiled, and less than c / 4 points are padding. The choice rests on
+  measurements on one CPU model (BENCHMARKS.md §2i): there a forward pass cost no more per
+  point in pieces of 32 than in chunks of 128–160, and less for a small model, while APGD
+  gained nothing from pieces and paid their compilations, so gradient attacks keep whole
+  chunks.
   """
   if not piece:
     plan = [(bucket, bucket)] * (n // bucket)
@@ -187,7 +188,8 @@ def _piece(mesh: Optional[Mesh]) -> int:
 
 
 class Progress(NamedTuple):
-  """What `attack_points` reports after each chunk (or each segment of Square's queries).
+  """What `attack_points` reports after each chunk (or each segment of Square's queries or
+  APGD's iterations).
 
   Attributes:
     stage: '' for a plain attack; 'target r/n' for a targeted one; 'restart r/n' for a
@@ -499,10 +501,9 @@ def _stepped_runs(stepped: Stepped, compiled: _Compiled, logits_fn, x, y, key, r
     if best is None:
       best = found
       continue
-    # `gradients.worst_case`: a success beats a failure; of two failures, the higher loss.
-    take = ~best.success[attacked] & (found.success | (found.loss > best.loss[attacked]))
-    for whole, part in zip(best, found):
-      whole[attacked[take]] = part[take]
+    merged = worst_case(Candidate(*(a[attacked] for a in best)), found)
+    for whole, part in zip(best, merged):
+      whole[attacked] = np.asarray(part)
   _record(points, best.success, best.x_adv, success, x_adv, broken_only)
 
 

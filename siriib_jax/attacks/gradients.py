@@ -111,14 +111,19 @@ def worst_case(a: Candidate, b: Candidate) -> Candidate:
   return jax.tree_util.tree_map(pick, a, b)
 
 
+def run_key(key: jax.Array, runs: int, r) -> jax.Array:
+  """The key of run r of `runs` drawn from `key` (as `worst_of_runs` gives it)."""
+  return jax.random.split(key, runs)[r]
+
+
 def worst_of_runs(run: Callable[[jnp.ndarray, jax.Array], Candidate], key: jax.Array,
                   runs: int) -> Candidate:
-  """`worst_case` over `run(r, key_r)` for r = 0 … runs − 1 (r traced), in a rolled loop so
-  the program holds one copy of `run`."""
-  keys = jax.random.split(key, runs)
-  worst = run(jnp.asarray(0), keys[0])
+  """`worst_case` over `run(r, run_key(key, runs, r))` for r = 0 … runs − 1 (r traced), in a
+  rolled loop so the program holds one copy of `run`."""
+  worst = run(jnp.asarray(0), run_key(key, runs, 0))
   if runs > 1:
-    worst = jax.lax.fori_loop(1, runs, lambda r, w: worst_case(w, run(r, keys[r])), worst)
+    worst = jax.lax.fori_loop(
+        1, runs, lambda r, w: worst_case(w, run(r, run_key(key, runs, r))), worst)
   return worst
 
 
