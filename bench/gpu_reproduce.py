@@ -21,6 +21,12 @@ device:
 
     python bench/gpu_reproduce.py --data ../shared/data --out /tmp/gr --toy   # CPU check
 
+Phases run in the order that keeps the most if the device's time runs out: each model's
+training and its clean / PGD-20 evaluation first, AutoAttack on both last; `results.json`
+is rewritten after every phase. The device image has no TensorFlow, which clu's TensorBoard
+writer imports: where TensorFlow is missing, the run logs its metrics without event files
+(`_without_tensorboard`).
+
 `--toy` shrinks everything (width 1/8, 512 training images, 1 epoch, PGD-1, 64 + 20 test
 points) to check the script on a CPU in a few minutes; its numbers mean nothing.
 Writes `--out/results.json` (per model: accuracies in %, seconds of each phase, the
@@ -33,12 +39,41 @@ import json
 import pathlib
 import sys
 import time
+import types
 
 import numpy as np
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
+
+
+
+def _without_tensorboard():
+  """Where TensorFlow is not installed (the device tool's image, where nothing can be
+  installed), stands in a no-op for clu's TensorBoard summary writer, which imports it; the
+  metrics still reach the log through clu's logging writer. Elsewhere does nothing."""
+  try:
+    import tensorflow  # pylint: disable=import-outside-toplevel,unused-import
+    return
+  except ImportError:
+    pass
+
+  class NoEventFiles:  # clu's MetricWriter methods (write_scalars, flush, ...), doing nothing.
+
+    def __init__(self, *unused_args, **unused_kwargs):
+      pass
+
+    def __getattr__(self, name):
+      return lambda *unused_args, **unused_kwargs: None
+
+  stand_in = types.ModuleType("clu.metric_writers.summary_writer")
+  stand_in.SummaryWriter = NoEventFiles
+  sys.modules[stand_in.__name__] = stand_in
+  print("TensorFlow is not installed: no TensorBoard event files in this run.", flush=True)
+
+
+_without_tensorboard()  # Before siriib_jax.train imports clu.
 
 from siriib_jax.runtime import configure_process  # noqa: E402  pylint: disable=wrong-import-position
 
@@ -129,27 +164,38 @@ def main(argv=None):
                       "train_split": split, "args": {k: str(v) for k, v in vars(args).items()},
                       "data_seconds": time.time() - started}}
   path = args.out / "results.json"
-  for name in args.models.split(","):
-    config, workdir = make_config(args, data_dir, MODELS[name]), args.out / name
+  names = args.models.split(",")
+  configs = {name: make_config(args, data_dir, MODELS[name]) for name in names}
+
+  def phase(name, key, seconds_key, run):
     start = time.time()
-    summary = train_and_evaluate(config, str(workdir))
-    if summary["status"] != "completed":
-      raise SystemExit(f"{name}: training {summary['status']}")
-    trained = time.time()
-    accuracies = evaluate(config, workdir, ("clean", "pgd20"), args.eval_size)
-    evaluated = time.time()
-    accuracies.update(evaluate(config, workdir, ("autoattack",), args.autoattack_size))
-    results[name] = {**accuracies, "train_seconds": trained - start,
-                     "clean_pgd20_seconds": evaluated - trained,
-                     "autoattack_seconds": time.time() - evaluated,
-                     "best_validation_pgd": summary.get("best_validation_pgd"),
-                     "orthogonality_error": summary.get("orthogonality_error")}
+    value = run()
+    results.setdefault(name, {}).update({**value, seconds_key: time.time() - start})
     path.write_text(json.dumps(results, indent=1))
-    print(name, json.dumps(results[name]), flush=True)
+    print(name, key, json.dumps(results[name]), flush=True)
+
+  for name in names:  # Training and clean / PGD-20 of each model, then AutoAttack of both.
+    workdir = args.out / name
+
+    def train(config=configs[name], workdir=workdir, name=name):
+      summary = train_and_evaluate(config, str(workdir))
+      if summary["status"] != "completed":
+        raise SystemExit(f"{name}: training {summary['status']}")
+      return {"best_validation_pgd": summary.get("best_validation_pgd"),
+              "orthogonality_error": summary.get("orthogonality_error")}
+
+    phase(name, "trained", "train_seconds", train)
+    phase(name, "evaluated", "clean_pgd20_seconds",
+          lambda name=name, workdir=workdir: evaluate(configs[name], workdir,
+                                                      ("clean", "pgd20"), args.eval_size))
+  for name in names:
+    phase(name, "autoattack", "autoattack_seconds",
+          lambda name=name: evaluate(configs[name], args.out / name, ("autoattack",),
+                                     args.autoattack_size))
 
   print(f"\n| model | clean (10,000) | PGD-20 (10,000) | AutoAttack ({args.autoattack_size}) "
         f"| train s |\n|---|---|---|---|---|")
-  for name in args.models.split(","):
+  for name in names:
     r = results[name]
     print(f"| {name} | {r['clean']:.2f} | {r['pgd20']:.2f} | {r['autoattack']:.2f} | "
           f"{r['train_seconds']:.0f} |")
