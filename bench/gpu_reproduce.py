@@ -27,6 +27,11 @@ is rewritten after every phase. The device image has no TensorFlow, which clu's 
 writer imports: where TensorFlow is missing, the run logs its metrics without event files
 (`_without_tensorboard`).
 
+On one H200 the default 6 epochs took about 10 minutes in all (RESULTS.md "GPU
+reproduction": training 126 s and 230 s, clean / PGD-20 17 s and 34 s, AutoAttack 54 s and
+114 s, compilation included): give the device call its full 600 s. Training progress (loss,
+`train/r_tau`, `train/f_spread`, ...) goes to the absl log on stderr.
+
 `--toy` shrinks everything (width 1/8, 512 training images, 1 epoch, PGD-1, 64 + 20 test
 points) to check the script on a CPU in a few minutes; its numbers mean nothing.
 Writes `--out/results.json` (per model: accuracies in %, seconds of each phase, the
@@ -79,6 +84,7 @@ from siriib_jax.runtime import configure_process  # noqa: E402  pylint: disable=
 
 configure_process()  # As main.py runs; before JAX initialises its backends.
 
+from absl import logging  # noqa: E402  pylint: disable=wrong-import-position
 import jax  # noqa: E402  pylint: disable=wrong-import-position
 
 from reproduce import evaluate  # noqa: E402  pylint: disable=wrong-import-position
@@ -94,7 +100,7 @@ def _parse_args(argv=None):
   p.add_argument("--data", type=pathlib.Path, required=True,
                  help="a folder with cifar.py: .gpu_data (packed) or ../shared/data")
   p.add_argument("--out", type=pathlib.Path, required=True)
-  p.add_argument("--epochs", type=int, default=8)
+  p.add_argument("--epochs", type=int, default=6)
   p.add_argument("--batch_size", type=int, default=128)
   p.add_argument("--autoattack_size", type=int, default=1000)
   p.add_argument("--eval_size", type=int, default=0, help="clean / PGD-20 points; 0 = all")
@@ -154,6 +160,7 @@ def make_config(args, data_dir: str, siriib: bool):
 
 def main(argv=None):
   args = _parse_args(argv)
+  logging.set_verbosity(logging.INFO)  # The training log (clu's logging writer) on stderr.
   if args.toy:
     args.epochs, args.batch_size = 1, 32
     args.eval_size, args.autoattack_size = args.eval_size or 64, min(args.autoattack_size, 20)
