@@ -11,9 +11,20 @@ singular vectors: its differential is
 which only degenerates where σ_i + σ_j → 0 (rank deficiency, where `U Vᵀ` is not unique).
 `svd_parts` uses this with `1 / (σ_i + σ_j)` regularised to `s / (s² + eps)`, bounded by
 `1 / (2√eps)`, so every gradient is finite; away from rank deficiency it is exact.
+
+**One batched SVD per program.** On the CPU, jaxlib's batched LAPACK SVD (jaxlib 0.10.2,
+`lapack_sgesdd_ffi`) splits its batch over XLA's intra-op thread pool and waits for the
+parts on the pool thread that runs it. Two such SVDs that XLA runs at the same time can
+hold every thread of a 2-thread pool (a 2-core machine), each waiting for parts that no
+thread is left to run: the program hangs with idle CPUs (seen in gdb: both pool threads in
+`ParallelBatchMap`'s wait; `jax.grad` of `L_svd` at batch 128 hung in 4 runs of 4).
+Functions here that need the SVDs of several batches (`L_svd`'s x_avg and x, the swap
+study's x_adv and x) therefore stack them into one call (`svd_parts_of`,
+`swap_singular_values`); unbatched SVDs (the SR blocks' W) run inline and are safe.
 """
 
 import functools
+import itertools
 
 import jax
 import jax.numpy as jnp
@@ -133,16 +144,41 @@ def svd_parts(images: jnp.ndarray, eps: float = 1e-6) -> tuple[jnp.ndarray, jnp.
   return _svd_parts(matrices, eps)
 
 
+def svd_parts_of(*image_batches: jnp.ndarray, eps: float = 1e-6
+                 ) -> list[tuple[jnp.ndarray, jnp.ndarray]]:
+  """`svd_parts` of several batches through one batched SVD (module doc: one batched SVD
+  per program, or XLA:CPU can hang).
+
+  Args:
+    *image_batches: each (B_k, H, W, C), H = W, the same (H, W, C) for all.
+    eps: as `svd_parts`'.
+  Returns:
+    [(sigma, uv)] per batch, as `svd_parts` returns them, in the order given.
+  Raises:
+    ValueError: non-square images or batches of different image shapes.
+  """
+  shapes = {tuple(images.shape[1:]) for images in image_batches}
+  if len(shapes) != 1:
+    raise ValueError(f"svd_parts_of needs batches of one image shape, got {sorted(shapes)}")
+  sigma, uv = svd_parts(jnp.concatenate([b.astype(jnp.float32) for b in image_batches]), eps)
+  ends = list(itertools.accumulate(len(images) for images in image_batches))
+  return [(sigma[end - len(b):end], uv[end - len(b):end])
+          for b, end in zip(image_batches, ends)]
+
+
 def swap_singular_values(x_adv: jnp.ndarray, x_clean: jnp.ndarray) -> jnp.ndarray:
   """`U_adv Σ_clean V_advᵀ` per image and channel (paper §3.1, Fig. 1–2).
+
+  Both batches go through one SVD call (module doc).
 
   Args:
     x_adv, x_clean: (B, H, W, C).
   Returns:
     (B, H, W, C): the adversarial singular vectors with the clean singular values.
   """
-  u, _, v = _svd(jnp.moveaxis(x_adv.astype(jnp.float32), -1, 1))
-  sigma_clean = jnp.linalg.svd(jnp.moveaxis(x_clean.astype(jnp.float32), -1, 1),
-                               compute_uv=False)
+  batch = x_adv.shape[0]
+  u, s, v = _svd(jnp.moveaxis(jnp.concatenate([x_adv.astype(jnp.float32),
+                                               x_clean.astype(jnp.float32)]), -1, 1))
+  u, v, sigma_clean = u[:batch], v[:batch], s[batch:]
   swapped = (u * sigma_clean[..., None, :]) @ jnp.swapaxes(v, -1, -2)
   return jnp.moveaxis(swapped, 1, -1)
