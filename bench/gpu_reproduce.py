@@ -12,13 +12,9 @@ PGD-20 accuracy on all 10,000 test images, and AutoAttack (standard) on a fixed 
 
 Data: the folder of `python ../shared/data/cifar.py pack .gpu_data` (a 47 MiB copy that the
 device tool can carry: the lossless test split and the training split as **JPEG quality
-92**, which any result must say) or `../shared/data` itself (the lossless pixels). On the
-device:
+92**, which any result must say) or `../shared/data` itself (the lossless pixels):
 
     python ../shared/data/cifar.py pack .gpu_data     # here, once (.gpu_data is ignored)
-    # device tool, carry [".gpu_data"]:
-    PYTHONUNBUFFERED=1 python bench/gpu_reproduce.py --data .gpu_data --out $OUT/gpu_repro
-
     python bench/gpu_reproduce.py --data ../shared/data --out /tmp/gr --toy   # CPU check
 
 Phases run in the order that keeps the most if the device's time runs out: each model's
@@ -28,9 +24,27 @@ writer imports: where TensorFlow is missing, the run logs its metrics without ev
 (`_without_tensorboard`).
 
 On one H200 the default 6 epochs took about 10 minutes in all (RESULTS.md "GPU
-reproduction": training 126 s and 230 s, clean / PGD-20 17 s and 34 s, AutoAttack 54 s and
-114 s, compilation included): give the device call its full 600 s. Training progress (loss,
-`train/r_tau`, `train/f_spread`, ...) goes to the absl log on stderr.
+reproduction"; ResNet-18 / ResNet-18-SR: training 126 / 230 s, clean and PGD-20 17 / 34 s,
+AutoAttack 54 / 114 s, compilation included), more than one 600-s device call holds with
+start-up: run one model per call (`--models resnet18`, then `--models resnet18_sr`, the
+same `--out` on the same warm machine: `results.json` gathers both), or fewer `--epochs`. Training progress (loss, `train/r_tau`,
+`train/f_spread`, ...) goes to the absl log on stderr.
+
+On the device tool's machine (its image has jax with CUDA, flax, optax, orbax, chex, but
+not ml-collections, clu or TensorFlow), carry the two missing pure-Python wheels, fetched
+here once into the ignored folder `.whl`:
+
+    pip download --no-deps --only-binary=:all: --python-version 3.12 \
+        --platform manylinux2014_x86_64 -d .whl ml_collections==1.1.0 clu==0.0.12
+    # device command, carry [".gpu_data", ".whl"]:
+    python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && \
+      PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 python3 bench/gpu_reproduce.py \
+      --data .gpu_data --out /tmp/gr --models resnet18 && cp /tmp/gr/results.json $OUT/
+
+The device's jax (0.11.2, CUDA 13 in session 13) is its image's, not this project's pin.
+`--phases clean_pgd20,autoattack` (or `autoattack` alone) evaluates the workdirs of an
+earlier call with the same `--out` again, without training, and adds to its `results.json`
+(RESULTS.md's ResNet-18-SR AutoAttack was re-run this way, through the same function).
 
 `--toy` shrinks everything (width 1/8, 512 training images, 1 epoch, PGD-1, 64 + 20 test
 points) to check the script on a CPU in a few minutes; its numbers mean nothing.
@@ -105,6 +119,9 @@ def _parse_args(argv=None):
   p.add_argument("--autoattack_size", type=int, default=1000)
   p.add_argument("--eval_size", type=int, default=0, help="clean / PGD-20 points; 0 = all")
   p.add_argument("--models", default="resnet18,resnet18_sr")
+  p.add_argument("--phases", default="train,clean_pgd20,autoattack",
+                 help="comma list of train, clean_pgd20, autoattack; without train, each "
+                      "model's --out workdir must hold a finished training")
   p.add_argument("--toy", action="store_true", help="a few-minute CPU check of the script")
   return p.parse_args(argv)
 
@@ -161,6 +178,9 @@ def make_config(args, data_dir: str, siriib: bool):
 def main(argv=None):
   args = _parse_args(argv)
   logging.set_verbosity(logging.INFO)  # The training log (clu's logging writer) on stderr.
+  phases, known = set(args.phases.split(",")), {"train", "clean_pgd20", "autoattack"}
+  if not phases <= known:
+    raise SystemExit(f"--phases: unknown {sorted(phases - known)}; choose from {sorted(known)}")
   if args.toy:
     args.epochs, args.batch_size = 1, 32
     args.eval_size, args.autoattack_size = args.eval_size or 64, min(args.autoattack_size, 20)
@@ -171,6 +191,8 @@ def main(argv=None):
                       "train_split": split, "args": {k: str(v) for k, v in vars(args).items()},
                       "data_seconds": time.time() - started}}
   path = args.out / "results.json"
+  if path.exists():  # An earlier call's phases (e.g. training) are kept beside this one's.
+    results = {**json.loads(path.read_text()), "_run": results["_run"]}
   names = args.models.split(",")
   configs = {name: make_config(args, data_dir, MODELS[name]) for name in names}
 
@@ -191,21 +213,29 @@ def main(argv=None):
       return {"best_validation_pgd": summary.get("best_validation_pgd"),
               "orthogonality_error": summary.get("orthogonality_error")}
 
-    phase(name, "trained", "train_seconds", train)
-    phase(name, "evaluated", "clean_pgd20_seconds",
-          lambda name=name, workdir=workdir: evaluate(configs[name], workdir,
-                                                      ("clean", "pgd20"), args.eval_size))
+    if "train" in phases:
+      phase(name, "trained", "train_seconds", train)
+    elif not (workdir / "summary.json").exists():
+      raise SystemExit(f"{name}: no training in {workdir} (summary.json); add train to --phases")
+    if "clean_pgd20" in phases:
+      phase(name, "evaluated", "clean_pgd20_seconds",
+            lambda name=name, workdir=workdir: evaluate(configs[name], workdir,
+                                                        ("clean", "pgd20"), args.eval_size))
   for name in names:
-    phase(name, "autoattack", "autoattack_seconds",
-          lambda name=name: evaluate(configs[name], args.out / name, ("autoattack",),
-                                     args.autoattack_size))
+    if "autoattack" in phases:
+      phase(name, "autoattack", "autoattack_seconds",
+            lambda name=name: evaluate(configs[name], args.out / name, ("autoattack",),
+                                       args.autoattack_size))
 
   print(f"\n| model | clean (10,000) | PGD-20 (10,000) | AutoAttack ({args.autoattack_size}) "
         f"| train s |\n|---|---|---|---|---|")
+  def cell(r, key, digits):
+    return f"{r[key]:.{digits}f}" if key in r else "—"
+
   for name in names:
-    r = results[name]
-    print(f"| {name} | {r['clean']:.2f} | {r['pgd20']:.2f} | {r['autoattack']:.2f} | "
-          f"{r['train_seconds']:.0f} |")
+    r = results.get(name, {})
+    print(f"| {name} | {cell(r, 'clean', 2)} | {cell(r, 'pgd20', 2)} | "
+          f"{cell(r, 'autoattack', 2)} | {cell(r, 'train_seconds', 0)} |")
   print(f"training pixels: {split}" + (" (JPEG quality 92)" if split == "train_q92" else ""))
 
 

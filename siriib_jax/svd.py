@@ -131,6 +131,10 @@ def orthonormal_rows(a: jnp.ndarray) -> jnp.ndarray:
 def svd_parts(images: jnp.ndarray, eps: float = 1e-6) -> tuple[jnp.ndarray, jnp.ndarray]:
   """Singular values and orthogonal factor of each channel of each image.
 
+  One batched SVD: in a jitted function that needs the parts of several batches, call
+  `svd_parts_of` once instead of this once per batch, or on a CPU with two cores the
+  program can hang (module doc).
+
   Args:
     images: (B, H, W, C) with H = W (the polar factor of a square matrix).
     eps: regularisation of `1 / (σ_i + σ_j)` in the gradient (see module doc); for images
