@@ -47,6 +47,10 @@ def test_smooth_model_passes_and_report_files_agree(config, tmp_path):
   saved = json.loads((tmp_path / "robustness.json").read_text())
   markdown = (tmp_path / "robustness.md").read_text()
   assert saved["passed"] is True and len(saved["rows"]) == len(report.rows)
+  # The report's meta records what ran, not the config's default list.
+  assert saved["meta"]["evaluation"]["attacks"] == [
+      "clean", "pgd5", "pgd10", "autoattack", "l2-pgd5"]
+  assert saved["meta"]["evaluation"]["subset_size"] == 0
   for row in saved["rows"]:
     if row["group"] in ("clean", "linf", "l2"):
       cells = f"| {100 * row['accuracy']:.2f} | {row['robust']} / {row['total']} |"

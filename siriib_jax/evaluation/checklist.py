@@ -111,7 +111,8 @@ def black_box_weaker(rows, components: dict, slack: float) -> CheckItem:
 def adaptive(rows, slack: float) -> CheckItem:
   table = {r.attack: r for r in rows if r.group == "adaptive"}
   if "ce" not in table or len(table) < 2:
-    return CheckItem("adaptive", None, "no adaptive attacks (SiRIIB models only)", {})
+    return CheckItem("adaptive", None, "no adaptive attacks were run (`adaptive` in the "
+                     "attack list, on a SiRIIB model)", {})
   ce = table["ce"]
   worst = min(table.values(), key=lambda r: r.accuracy)
   return CheckItem("adaptive", worst.accuracy >= ce.accuracy - slack,

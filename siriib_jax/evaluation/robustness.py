@@ -270,7 +270,11 @@ def evaluate_robustness(model, variables, config: ml_collections.ConfigDict, dat
   report_meta = {"num_points": int(total), "seed": int(evaluation.seed),
                  "selection": _selection(data, evaluation, subset_size),
                  "class_counts": np.bincount(labels).tolist(),
-                 "evaluation": evaluation.to_dict(), **(meta or {})}
+                 # What ran: `attacks` and `subset_size` override the config's defaults.
+                 "evaluation": {**evaluation.to_dict(), "attacks": list(attacks),
+                                "subset_size": int(evaluation.subset_size if subset_size is None
+                                                   else subset_size)},
+                 **(meta or {})}
   if several:
     report_meta["processes"] = hosts.count
   report = Report(report_meta, rows, cascades,
