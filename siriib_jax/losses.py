@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import optax
 
 from siriib_jax.models.siriib import sr_weight_matrices
-from siriib_jax.svd import svd_parts_of
+from siriib_jax.svd import svd_parts
 
 
 def _per_example_mse(a: jnp.ndarray, b: jnp.ndarray) -> jnp.ndarray:
@@ -45,7 +45,8 @@ def svd_loss(x_avg: jnp.ndarray, x_clean: jnp.ndarray, eps: float = 1e-6) -> jnp
     x_clean: (B, H, W, 3), the clean images `U Σ Vᵀ` (per channel).
     eps: gradient regularisation of the orthogonal factor (`svd.svd_parts`).
   """
-  (sigma_avg, uv_avg), (sigma, uv) = svd_parts_of(x_avg, x_clean, eps=eps)
+  sigma_avg, uv_avg = svd_parts(x_avg, eps)
+  sigma, uv = svd_parts(x_clean, eps)
   return (_per_example_mse(sigma_avg, sigma) + _per_example_mse(uv_avg, uv) +
           _per_example_mse(x_avg, x_clean))
 

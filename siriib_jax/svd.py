@@ -11,21 +11,9 @@ singular vectors: its differential is
 which only degenerates where σ_i + σ_j → 0 (rank deficiency, where `U Vᵀ` is not unique).
 `svd_parts` uses this with `1 / (σ_i + σ_j)` regularised to `s / (s² + eps)`, bounded by
 `1 / (2√eps)`, so every gradient is finite; away from rank deficiency it is exact.
-
-**One batched SVD per program.** On the CPU, jaxlib's batched LAPACK SVD (jaxlib 0.10.2,
-`lapack_sgesdd_ffi`) splits its batch over XLA's intra-op thread pool and waits for the
-parts on the pool thread that runs it. Two such SVDs that XLA runs at the same time can
-hold every thread of a 2-thread pool (a 2-core machine), each waiting for parts that no
-thread is left to run: the program hangs with idle CPUs (seen in gdb: both pool threads in
-`ParallelBatchMap`'s wait; `jax.grad` of `L_svd` at batch 128 hung in 4 runs of 4).
-Functions here that need the SVDs of several batches (`L_svd`'s x_avg and x, the swap
-study's x_adv and x) therefore stack them into one call (`svd_parts_of`,
-`swap_singular_values`). Unbatched SVDs (the SR blocks' W) did not hang, four at once
-alone or beside a batched one (300 and 100 runs).
 """
 
 import functools
-import itertools
 
 import jax
 import jax.numpy as jnp
@@ -132,10 +120,6 @@ def orthonormal_rows(a: jnp.ndarray) -> jnp.ndarray:
 def svd_parts(images: jnp.ndarray, eps: float = 1e-6) -> tuple[jnp.ndarray, jnp.ndarray]:
   """Singular values and orthogonal factor of each channel of each image.
 
-  One batched SVD: in a jitted function that needs the parts of several batches, call
-  `svd_parts_of` once instead of this once per batch, or on a CPU with two cores the
-  program can hang (module doc).
-
   Args:
     images: (B, H, W, C) with H = W (the polar factor of a square matrix).
     eps: regularisation of `1 / (σ_i + σ_j)` in the gradient (see module doc); for images
@@ -149,41 +133,16 @@ def svd_parts(images: jnp.ndarray, eps: float = 1e-6) -> tuple[jnp.ndarray, jnp.
   return _svd_parts(matrices, eps)
 
 
-def svd_parts_of(*image_batches: jnp.ndarray, eps: float = 1e-6
-                 ) -> list[tuple[jnp.ndarray, jnp.ndarray]]:
-  """`svd_parts` of several batches through one batched SVD (module doc: one batched SVD
-  per program, or XLA:CPU can hang).
-
-  Args:
-    *image_batches: each (B_k, H, W, C), H = W, the same (H, W, C) for all.
-    eps: as `svd_parts`'.
-  Returns:
-    [(sigma, uv)] per batch, as `svd_parts` returns them, in the order given.
-  Raises:
-    ValueError: non-square images or batches of different image shapes.
-  """
-  shapes = {tuple(images.shape[1:]) for images in image_batches}
-  if len(shapes) != 1:
-    raise ValueError(f"svd_parts_of needs batches of one image shape, got {sorted(shapes)}")
-  sigma, uv = svd_parts(jnp.concatenate([b.astype(jnp.float32) for b in image_batches]), eps)
-  ends = list(itertools.accumulate(len(images) for images in image_batches))
-  return [(sigma[end - len(b):end], uv[end - len(b):end])
-          for b, end in zip(image_batches, ends)]
-
-
 def swap_singular_values(x_adv: jnp.ndarray, x_clean: jnp.ndarray) -> jnp.ndarray:
   """`U_adv Σ_clean V_advᵀ` per image and channel (paper §3.1, Fig. 1–2).
-
-  Both batches go through one SVD call (module doc).
 
   Args:
     x_adv, x_clean: (B, H, W, C).
   Returns:
     (B, H, W, C): the adversarial singular vectors with the clean singular values.
   """
-  batch = x_adv.shape[0]
-  u, s, v = _svd(jnp.moveaxis(jnp.concatenate([x_adv.astype(jnp.float32),
-                                               x_clean.astype(jnp.float32)]), -1, 1))
-  u, v, sigma_clean = u[:batch], v[:batch], s[batch:]
+  u, _, v = _svd(jnp.moveaxis(x_adv.astype(jnp.float32), -1, 1))
+  sigma_clean = jnp.linalg.svd(jnp.moveaxis(x_clean.astype(jnp.float32), -1, 1),
+                               compute_uv=False)
   swapped = (u * sigma_clean[..., None, :]) @ jnp.swapaxes(v, -1, -2)
   return jnp.moveaxis(swapped, 1, -1)
