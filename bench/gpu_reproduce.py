@@ -27,8 +27,9 @@ On one H200 the default 6 epochs took about 10 minutes in all (RESULTS.md "GPU
 reproduction"; ResNet-18 / ResNet-18-SR: training 126 / 230 s, clean and PGD-20 17 / 34 s,
 AutoAttack 54 / 114 s, compilation included), more than one 600-s device call holds with
 start-up: run one model per call (`--models resnet18`, then `--models resnet18_sr`, the
-same `--out` on the same warm machine: `results.json` gathers both), or fewer `--epochs`. Training progress (loss, `train/r_tau`,
-`train/f_spread`, ...) goes to the absl log on stderr.
+same `--out` on the same warm machine: `results.json` gathers both), or fewer `--epochs`.
+Training progress (loss, `train/r_tau`, `train/f_spread`, ...) goes to the absl log on
+stderr.
 
 On the device tool's machine (its image has jax with CUDA, flax, optax, orbax, chex, but
 not ml-collections, clu or TensorFlow), carry the two missing pure-Python wheels, fetched
@@ -44,7 +45,8 @@ here once into the ignored folder `.whl`:
 The device's jax (0.11.2, CUDA 13 in session 13) is its image's, not this project's pin.
 `--phases clean_pgd20,autoattack` (or `autoattack` alone) evaluates the workdirs of an
 earlier call with the same `--out` again, without training, and adds to its `results.json`
-(RESULTS.md's ResNet-18-SR AutoAttack was re-run this way, through the same function).
+(RESULTS.md's ResNet-18-SR AutoAttack was re-run before this flag existed, by calling the
+same `evaluate` on the saved workdir).
 
 `--toy` shrinks everything (width 1/8, 512 training images, 1 epoch, PGD-1, 64 + 20 test
 points) to check the script on a CPU in a few minutes; its numbers mean nothing.
@@ -65,7 +67,6 @@ import numpy as np
 REPO = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
-
 
 
 def _without_tensorboard():

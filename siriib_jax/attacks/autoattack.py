@@ -36,8 +36,7 @@ chunks padded with at most three significant bits (m · 2^k, m ∈ {4, …, 7}: 
 sizes per octave and less than 1/4 of padding, so that a slowly shrinking set of points
 compiles a few sizes only; BENCHMARKS.md §2g compares two, three and four bits) — on
 XLA:CPU, in pieces of 32, 16 and 8 points instead (`chunk_plan`: three sizes, less
-padding). APGD and
-APGD-T (`base.Stepped`) run likewise in segments of iterations, cut at
+padding). APGD and APGD-T (`base.Stepped`) run likewise in segments of iterations, cut at
 `apgd.segment_starts` (5, 10, 22 and 41 of 100), each on the points not yet broken: a
 point's result is its first successful iterate, so its later iterations would change
 nothing.
