@@ -34,3 +34,14 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 @pytest.fixture
 def config():
   return default.get_config()
+
+
+@pytest.fixture
+def npz_dir(tmp_path):
+  """`name = "npz"` data: 1,000 identifiable training images, 230 test images."""
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  from tests import data_helpers  # pylint: disable=import-outside-toplevel
+  for split, n in (("train", 1000), ("test", 230)):
+    image, label = data_helpers.identifiable(n, seed=len(split))
+    np.savez(tmp_path / f"{split}.npz", image=image, label=label)
+  return tmp_path
