@@ -11,6 +11,8 @@ Modes:
   export      write the run's checkpoint as PyTorch-named tensors (safetensors) and its
               architecture in `workdir/export/` (siriib_jax/export.py).
   svd_study   the SVD swap study of paper §3.1 (Fig. 1-2) in `workdir/evaluation/`.
+  paper       the paper's tables and figures from this run and `config.paper.runs`
+              (docs/paper.md) in `workdir/paper/`.
 """
 
 from siriib_jax import cli

@@ -20,11 +20,12 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from siriib_jax import parallel
+from siriib_jax.config_errors import UserError
 from siriib_jax.models.classifier import placement_of
 from siriib_jax.numerics import all_finite
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
   """A checkpoint could not be read; it is left untouched."""
 
 

@@ -5,6 +5,7 @@ flags); see `main.py` for the modes.
 """
 
 import sys
+from typing import Callable, NamedTuple, Optional
 
 import jax
 from absl import app, flags, logging
@@ -12,20 +13,35 @@ from ml_collections import config_flags
 
 from siriib_jax import complexity, export, paper
 from siriib_jax.configs import default as default_config
-from siriib_jax.checkpointing import CheckpointError
-from siriib_jax.config_errors import ConfigError
+from siriib_jax.config_errors import UserError
 from siriib_jax.config_validation import check_known_keys
-from siriib_jax.data import DatasetNotFoundError
-from siriib_jax.evaluate import MODES as EVALUATION_MODES, evaluate
+from siriib_jax.evaluate import evaluate
 from siriib_jax.runtime import configure_process
-from siriib_jax.train import NonFiniteLossError, train_and_evaluate
+from siriib_jax.train import train_and_evaluate
+
+
+class Command(NamedTuple):
+  """A mode of the command line: `run(config, workdir)`; `workdir` is None where the mode
+  needs none."""
+  run: Callable
+  needs_workdir: bool = True
+
+
+# The modes, in the order `--help` lists them (main.py describes each).
+COMMANDS = {
+    "train": Command(train_and_evaluate),
+    "eval": Command(lambda config, workdir: evaluate("eval", config, workdir)),
+    "svd_study": Command(lambda config, workdir: evaluate("svd_study", config, workdir)),
+    "export": Command(export.run),
+    "paper": Command(paper.paper),
+    "complexity": Command(lambda config, _: print(complexity.describe(config)),
+                          needs_workdir=False),
+}
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "ml_collections config file.",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and metrics.")
-_MODE = flags.DEFINE_enum("mode", "train",
-                          ["train", "complexity", "export", "paper", *EVALUATION_MODES],
-                          "What to run.")
+_MODE = flags.DEFINE_enum("mode", "train", list(COMMANDS), "What to run (main.py).")
 _MULTIHOST = flags.DEFINE_bool("multihost", False,
                                "Call jax.distributed.initialize() first (TPU pods, "
                                "multi-node GPU, several CPU processes).")
@@ -57,22 +73,14 @@ def main(argv):
   if _MULTIHOST.value:
     initialize_multihost()
   config = _CONFIG.value
+  command = COMMANDS[_MODE.value]
+  workdir: Optional[str] = _WORKDIR.value
   try:
     check_known_keys(config, default_config.get_config())
-    if _MODE.value == "complexity":
-      print(complexity.describe(config))
-      return
-    if not _WORKDIR.value:
+    if command.needs_workdir and not workdir:
       raise app.UsageError(f"--workdir is required for --mode={_MODE.value}.")
-    if _MODE.value in EVALUATION_MODES:
-      evaluate(_MODE.value, config, _WORKDIR.value)
-    elif _MODE.value == "export":
-      export.run(config, _WORKDIR.value)
-    elif _MODE.value == "paper":
-      paper.paper(config, _WORKDIR.value)
-    else:
-      train_and_evaluate(config, _WORKDIR.value)
-  except (ConfigError, DatasetNotFoundError, CheckpointError, NonFiniteLossError) as error:
+    command.run(config, workdir)
+  except UserError as error:
     logging.error("%s", error)
     print(f"error: {error}", file=sys.stderr)
     sys.exit(2)

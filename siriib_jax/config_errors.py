@@ -1,11 +1,18 @@
-"""One error type for bad configuration, raised before anything is compiled, and the
-"did you mean" hint every choice check gives."""
+"""The errors a user sees and can fix (`UserError`; the command line prints its message and
+exits with status 2), `ConfigError` for bad configuration raised before anything is
+compiled, and the "did you mean" hint every choice check gives."""
 
 import difflib
 from typing import Any, Iterable
 
 
-class ConfigError(ValueError):
+class UserError(Exception):
+  """An error whose message tells the user what to fix (a config key, a checkpoint, a model
+  whose loss became non-finite): the base of every error the command line reports without a
+  traceback."""
+
+
+class ConfigError(UserError, ValueError):
   """A config value is wrong. The message names the key, the value and what is allowed."""
 
 

@@ -21,6 +21,7 @@ from clu import metric_writers, periodic_actions
 
 from siriib_jax import losses, parallel, run_config
 from siriib_jax.checkpointing import Checkpoints
+from siriib_jax.config_errors import UserError
 from siriib_jax.config_validation import validate_config
 from siriib_jax.data import InputPipeline
 from siriib_jax.evaluation import evaluate_robustness
@@ -30,7 +31,7 @@ from siriib_jax.train_state import create_train_state
 from siriib_jax.train_step import make_eval_step, make_train_step
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(UserError, FloatingPointError):
   """The loss or a gradient became NaN or Inf; the last good checkpoint is kept."""
 
 
