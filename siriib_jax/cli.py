@@ -16,7 +16,7 @@ from siriib_jax.configs import default as default_config
 from siriib_jax.config_errors import UserError
 from siriib_jax.config_validation import check_known_keys
 from siriib_jax.evaluate import evaluate
-from siriib_jax.runtime import configure_process
+from siriib_jax.runtime import configure_process, use_compilation_cache
 from siriib_jax.train import train_and_evaluate
 
 
@@ -70,6 +70,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   configure_process()  # Before JAX initialises its backends (siriib_jax/runtime.py).
+  use_compilation_cache()
   if _MULTIHOST.value:
     initialize_multihost()
   config = _CONFIG.value

@@ -1,5 +1,6 @@
-"""Process set-up shared by `main.py`, the tests and the benchmarks: XLA's CPU options and
-a start-up log that shows only siriib_jax's own lines unless something is wrong.
+"""Process set-up shared by `main.py`, the tests and the benchmarks: XLA's CPU options, a
+start-up log that shows only siriib_jax's own lines unless something is wrong, and (for the
+command line) JAX's persistent compilation cache.
 
 Call `configure_process()` first thing, before the first JAX computation: XLA reads
 `XLA_FLAGS` once, when JAX initialises its backends, and TensorFlow reads
@@ -8,6 +9,9 @@ Call `configure_process()` first thing, before the first JAX computation: XLA re
 
 import logging
 import os
+from typing import Mapping, Optional
+
+import jax
 
 from siriib_jax.xla_cpu import use_eigen_convolutions
 
@@ -36,3 +40,33 @@ def configure_process() -> None:
   for handler in logging.getLogger().handlers:
     if not any(isinstance(f, _QuietOrbax) for f in handler.filters):
       handler.addFilter(_QuietOrbax())
+
+
+# Where the command line keeps compiled programs between runs, unless the environment says
+# otherwise: `SIRIIB_JAX_COMPILATION_CACHE` = a folder, or `off`; JAX's own
+# `JAX_COMPILATION_CACHE_DIR` is kept where set.
+CACHE_VARIABLE = "SIRIIB_JAX_COMPILATION_CACHE"
+
+
+def compilation_cache_dir(environ: Mapping[str, str] = os.environ) -> Optional[str]:
+  """The folder of the persistent compilation cache: `$SIRIIB_JAX_COMPILATION_CACHE`, else
+  `$XDG_CACHE_HOME/siriib_jax/xla` (`~/.cache/siriib_jax/xla`); None where the variable is
+  `off` (or empty) or `JAX_COMPILATION_CACHE_DIR` already chooses one."""
+  if "JAX_COMPILATION_CACHE_DIR" in environ:
+    return None
+  value = environ.get(CACHE_VARIABLE)
+  if value is not None:
+    return None if value.strip().lower() in ("", "off", "0", "false", "none") else value
+  base = environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+  return os.path.join(base, "siriib_jax", "xla")
+
+
+def use_compilation_cache(environ: Mapping[str, str] = os.environ) -> Optional[str]:
+  """Turns on JAX's persistent compilation cache in `compilation_cache_dir(environ)`, so a
+  repeated `--mode=eval` or a resumed training run loads its programs instead of compiling
+  them again (programs that compiled in under a second are not stored). Returns the folder,
+  or None where the cache is left as JAX has it."""
+  directory = compilation_cache_dir(environ)
+  if directory is not None:
+    jax.config.update("jax_compilation_cache_dir", directory)
+  return directory

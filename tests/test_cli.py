@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from siriib_jax import cli
+from siriib_jax import cli, runtime
 from siriib_jax.checkpointing import CheckpointError
 from siriib_jax.config_errors import ConfigError, UserError
 from siriib_jax.data import DatasetNotFoundError
@@ -32,3 +32,16 @@ def test_a_user_error_exits_2_with_its_message_and_no_traceback(tmp_path, mode, 
   assert result.returncode == 2, result.stderr[-2000:]
   assert "error:" in result.stderr and message in result.stderr.lower()
   assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("environ, expected", [
+    ({"HOME": "/home/u"}, "/home/u/.cache/siriib_jax/xla"),
+    ({"HOME": "/home/u", "XDG_CACHE_HOME": "/c"}, "/c/siriib_jax/xla"),
+    ({"SIRIIB_JAX_COMPILATION_CACHE": "/mine"}, "/mine"),
+    ({"SIRIIB_JAX_COMPILATION_CACHE": "off"}, None),
+    ({"JAX_COMPILATION_CACHE_DIR": "/jax"}, None),
+])
+def test_compilation_cache_folder_and_how_to_turn_it_off(monkeypatch, environ, expected):
+  monkeypatch.setattr(runtime.os.path, "expanduser",
+                      lambda p: p.replace("~", environ.get("HOME", "/root")))
+  assert runtime.compilation_cache_dir(environ) == expected
