@@ -51,10 +51,16 @@ class Classifier(nn.Module):
   std: Sequence[float] = (0.2471, 0.2435, 0.2616)
   purifier: Optional[SRPurifier] = None
 
-  def __call__(self, x: jnp.ndarray, train: bool = False) -> ModelOutput:
+  def __call__(self, x: jnp.ndarray, train: bool = False,
+               skips: Optional[tuple] = None) -> ModelOutput:
+    """`skips`: f_i to add in place of SiRIIB's own (each broadcastable to its target, e.g.
+    their mean over a set of images: the skip ablation of `evaluation/ib_path.py`); SiRIIB
+    then does not run and `x_avg` is None."""
     x = x.astype(jnp.float32)
     x_avg, features, purified = None, (), None
-    if self.siriib is not None:
+    if skips is not None:
+      features = tuple(jnp.broadcast_to(f, (x.shape[0],) + f.shape[-3:]) for f in skips)
+    elif self.siriib is not None:
       x_avg, features = self.siriib(x, self.backbone.skip_targets, train)
     if self.purifier is not None:
       purified = self.purifier(x, train)

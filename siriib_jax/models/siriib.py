@@ -290,6 +290,9 @@ class SiRIIB(nn.Module):
                        self.orthogonality, train)
     h = FeatureExtractor(self.variant, targets[1].channels, self.width_multiplier,
                          self.dtype, name="extractor")(x_avg, train)
+    # c(x_avg), c(·)'s last ReLU, for the IB-path health (`evaluation/ib_path.py`); stored
+    # only where the caller makes "intermediates" mutable.
+    self.sow("intermediates", "extractor_output", h)
     features = []
     for i, target in enumerate(targets[:self.num_skips]):
       if target.stride > 1:
