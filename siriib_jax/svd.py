@@ -11,16 +11,68 @@ singular vectors: its differential is
 which only degenerates where σ_i + σ_j → 0 (rank deficiency, where `U Vᵀ` is not unique).
 `svd_parts` uses this with `1 / (σ_i + σ_j)` regularised to `s / (s² + eps)`, bounded by
 `1 / (2√eps)`, so every gradient is finite; away from rank deficiency it is exact.
+
+**One matrix per LAPACK call on the CPU.** Every SVD here goes through `_lapack_svd`. On the
+CPU backend it decomposes a batch one matrix at a time in a loop (`lax.map`), so each
+LAPACK call is unbatched; on GPU and TPU it is one batched `jnp.linalg.svd`. The values
+are the same. The reason: jaxlib 0.10's batched CPU SVD splits its batch over XLA:CPU's
+intra-op thread pool (`ParallelBatchMap`) and blocks the pool thread that runs it until
+the parts are done. When XLA runs as many batched SVDs at once as the pool has threads —
+two on a 2-core host (`L_svd`'s SVDs of x_avg and x), or one per forced CPU device — every
+thread can end up waiting for parts that no thread is left to run, and the program hangs
+with idle CPUs (jax-ml/jax#39292 reports another failure of that batched dispatch).
+Unbatched calls have not hung in any run on 2 cores (four at once: 300 runs of 300).
+
+The loop costs time on the CPU (BENCHMARKS.md, "SVD on the CPU"). A batch split over
+devices by explicit sharding is looped over on each device's part; under automatic (GSPMD)
+sharding XLA may run the whole loop on every device. Under `jax.vmap` the loop's body is
+batched again: call these functions on the whole batch instead.
 """
 
 import functools
 
 import jax
 import jax.numpy as jnp
+from jax import lax
+
+
+def _batched_svd(x: jnp.ndarray, compute_uv: bool):
+  out = jnp.linalg.svd(x, full_matrices=False, compute_uv=compute_uv)
+  return tuple(out) if compute_uv else out
+
+
+def _svd_each_local(x: jnp.ndarray, compute_uv: bool):
+  if x.ndim == 2:
+    return _batched_svd(x, compute_uv)
+  flat = x.reshape((-1,) + x.shape[-2:])
+  out = lax.map(functools.partial(_batched_svd, compute_uv=compute_uv), flat)
+  return jax.tree.map(lambda o: o.reshape(x.shape[:-2] + o.shape[1:]), out)
+
+
+def _svd_each(x: jnp.ndarray, compute_uv: bool):
+  """`_batched_svd` of (..., m, n) with one LAPACK call per m × n matrix (module doc); a
+  batch split over devices by explicit sharding is looped over on each device's part."""
+  sharding = jax.typeof(x).sharding
+  spec = tuple(sharding.spec) + (None,) * (x.ndim - len(sharding.spec))
+  if sharding.mesh.empty or not any(spec[:-2]):
+    return _svd_each_local(x, compute_uv)
+  matrices = jax.sharding.PartitionSpec(*spec[:-2], None, None)
+  if any(spec[-2:]):
+    x = jax.sharding.reshard(x, matrices)
+  out_specs = ((matrices, jax.sharding.PartitionSpec(*spec[:-2], None), matrices)
+               if compute_uv else jax.sharding.PartitionSpec(*spec[:-2], None))
+  return jax.shard_map(functools.partial(_svd_each_local, compute_uv=compute_uv),
+                       mesh=sharding.mesh, in_specs=matrices, out_specs=out_specs)(x)
+
+
+def _lapack_svd(x: jnp.ndarray, compute_uv: bool = True):
+  """Thin SVD of (..., m, n): per matrix on the CPU, batched elsewhere (module doc)."""
+  return lax.platform_dependent(x, cpu=functools.partial(_svd_each, compute_uv=compute_uv),
+                                default=functools.partial(_batched_svd, compute_uv=compute_uv))
 
 
 def _svd(x):
-  u, s, vt = jnp.linalg.svd(x, full_matrices=False)
+  u, s, vt = _lapack_svd(x)
   return u, s, jnp.swapaxes(vt, -1, -2)
 
 
@@ -142,7 +194,6 @@ def swap_singular_values(x_adv: jnp.ndarray, x_clean: jnp.ndarray) -> jnp.ndarra
     (B, H, W, C): the adversarial singular vectors with the clean singular values.
   """
   u, _, v = _svd(jnp.moveaxis(x_adv.astype(jnp.float32), -1, 1))
-  sigma_clean = jnp.linalg.svd(jnp.moveaxis(x_clean.astype(jnp.float32), -1, 1),
-                               compute_uv=False)
+  sigma_clean = _lapack_svd(jnp.moveaxis(x_clean.astype(jnp.float32), -1, 1), compute_uv=False)
   swapped = (u * sigma_clean[..., None, :]) @ jnp.swapaxes(v, -1, -2)
   return jnp.moveaxis(swapped, 1, -1)
