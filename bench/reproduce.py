@@ -13,6 +13,12 @@ the evaluation points are the same for every run.
 
     python bench/reproduce.py --out /tmp/siriib_repro            # the RESULTS.md protocol
     python bench/reproduce.py --out /tmp/siriib_clip --models resnet18_sr --clip_global_norm 10
+    python bench/reproduce.py --out /tmp/siriib_repro --weight_averaging 0.995  # Averaged.
+
+`--weight_averaging D` trains and evaluates with `weight_averaging.decay = D` (0: off, the
+paper's protocol; docs/weight_averaging.md): its runs are named `<model>_seed<s>_wa<D>` and
+go into the same results.json beside the runs without averaging, and the table has a row
+per model and averaging.
 
 Reads the pixels from ../shared/data (the project's copy of CIFAR-10) and writes them as
 `npz` datasets into `--out/data`; everything else goes through the product
@@ -79,6 +85,7 @@ def run_config(args, data_dir: str, seed: int, siriib: bool):
   config.optimizer.learning_rate = args.learning_rate
   config.optimizer.decay_epochs = tuple(args.decay_epochs)
   config.optimizer.clip_global_norm = args.clip_global_norm
+  config.weight_averaging.decay = args.weight_averaging
   config.log_every_steps = 20
   config.keep_checkpoints = 1
   config.final_eval_size = 0  # Evaluated below, by `evaluate`.
@@ -125,6 +132,8 @@ def main():
   parser.add_argument("--autoattack_size", type=int, default=40, help="AutoAttack points")
   parser.add_argument("--clip_global_norm", type=float, default=0.0,
                       help="optimizer.clip_global_norm (0: no clipping, as the paper)")
+  parser.add_argument("--weight_averaging", type=float, default=0.0,
+                      help="weight_averaging.decay (0: off, as the paper; e.g. 0.995)")
   parser.add_argument("--models", choices=MODELS, nargs="+", default=list(MODELS),
                       help="which of the two models to train")
   args = parser.parse_args()
@@ -135,7 +144,8 @@ def main():
   for seed in args.seeds:
     for model in args.models:
       siriib = model == "resnet18_sr"
-      name = f"{model}_seed{seed}"
+      name = f"{model}_seed{seed}" + (f"_wa{args.weight_averaging:g}"
+                                      if args.weight_averaging else "")
       if name in results:
         continue
       started = time.time()
@@ -145,7 +155,8 @@ def main():
         raise SystemExit(f"{name}: training {summary['status']}; rerun to resume it")
       accuracies = {**evaluate(config, workdir, ("clean", "pgd20"), args.eval_size),
                     **evaluate(config, workdir, ("autoattack",), args.autoattack_size)}
-      results[name] = {"siriib": siriib, "seed": seed, "seconds": time.time() - started,
+      results[name] = {"siriib": siriib, "seed": seed, "weight_averaging":
+                       args.weight_averaging, "seconds": time.time() - started,
                        "train_seconds": summary["train_seconds"],
                        "best_validation_pgd": summary["best_validation_pgd"], **accuracies}
       results_path.write_text(json.dumps({**results, "_args": {
@@ -153,9 +164,13 @@ def main():
       results.pop("_args", None)
       print(name, results[name], flush=True)
 
-  print(f"\n| model | clean | PGD-20 | AutoAttack | runs |\n|---|---|---|---|---|")
-  for siriib in (False, True):
-    runs = [r for k, r in results.items() if not k.startswith("_") and r["siriib"] == siriib]
+  print(f"\n| model | weight averaging | clean | PGD-20 | AutoAttack | runs |\n"
+        f"|---|---|---|---|---|---|")
+  decays = sorted({r.get("weight_averaging", 0.0) for k, r in results.items()
+                   if not k.startswith("_")})
+  for siriib, decay in [(s, d) for d in decays for s in (False, True)]:
+    runs = [r for k, r in results.items() if not k.startswith("_") and r["siriib"] == siriib
+            and r.get("weight_averaging", 0.0) == decay]
     if not runs:
       continue
     cells = []
@@ -163,7 +178,7 @@ def main():
       values = np.array([r[metric] for r in runs])
       cells.append(f"{values.mean():.2f} ± {values.std(ddof=1) if len(values) > 1 else 0:.2f}")
     print(f"| {'ResNet-18-SR' if siriib else 'ResNet-18'} × {args.width} | "
-          f"{' | '.join(cells)} | {len(runs)} |")
+          f"{decay if decay else 'off'} | {' | '.join(cells)} | {len(runs)} |")
 
 
 if __name__ == "__main__":

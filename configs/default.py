@@ -4,6 +4,15 @@ The values are the paper's (§5.1, SPEC §3–4): ResNet-18-SR, PGD-AT on CIFAR-
 """
 
 import ml_collections
+from ml_collections import config_dict
+
+
+def bool_or_int(default: bool) -> config_dict.FieldReference:
+  """A key whose documented values are a bool or an int (`attack.unroll`): typed `object`,
+  so that `config.attack.unroll = 4` in Python and `--config.attack.unroll=4` (or `=True`,
+  `=false`) on the command line are accepted — the flag's value is read as a Python literal
+  — where a plain `True` would type the key bool. `config_validation` checks the values."""
+  return config_dict.FieldReference(default, field_type=object)
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -56,7 +65,7 @@ def get_config() -> ml_collections.ConfigDict:
   # How W of the SR blocks' y = x · W (3 × orth_channels) keeps orthonormal rows, the
   # isometry of paper §3.2: "exact", by construction (W = polar factor of an unconstrained
   # parameter; R_τ is then ~0 and only logged); "penalty", a free W pulled towards them by
-  # λ2 R_τ in the loss (for ablation; README "Model" says why "exact" is the default).
+  # λ2 R_τ in the loss (for ablation; docs/model.md says why "exact" is the default).
   # Checkpoints of one mode do not load in the other.
   config.model.siriib.orthogonality = "exact"
   # Where the SR blocks sit (docs/purification.md): "plugin", SiRIIB inside the classifier
@@ -90,8 +99,9 @@ def get_config() -> ml_collections.ConfigDict:
   # ones; either way the attack never updates the running statistics.
   config.attack.batch_norm = "train"
   # Loop form of the attack's steps: True unrolls (fastest for convolutions on XLA:CPU),
-  # False keeps a rolled fori_loop (faster compile), an int unrolls that many.
-  config.attack.unroll = True
+  # False keeps a rolled fori_loop (faster compile), an int ≥ 1 unrolls that many
+  # (--config.attack.unroll=4; a bool-or-int key, see `bool_or_int`).
+  config.attack.unroll = bool_or_int(True)
 
   config.seed = 0
   config.num_epochs = 200
@@ -100,14 +110,29 @@ def get_config() -> ml_collections.ConfigDict:
   config.optimizer.learning_rate = 0.1
   config.optimizer.momentum = 0.9
   config.optimizer.weight_decay = 5e-4
-  config.optimizer.decay_epochs = (100, 150)  # The learning rate is multiplied by
-  config.optimizer.decay_factor = 0.1  # decay_factor at each of these epochs.
+  # The learning rate is multiplied by decay_factor at each of these epochs (non-decreasing;
+  # a repeated epoch decays once per repeat, as PyTorch's MultiStepLR). A fractional epoch e
+  # decays at step int(e · steps per epoch), rounded down.
+  config.optimizer.decay_epochs = (100, 150)
+  config.optimizer.decay_factor = 0.1
   # > 0: scale the loss gradient down to this global norm before the decay and momentum.
   # Not in the paper (0: off); it tames the R_τ spikes of SiRIIB (BENCHMARKS.md §3c).
   config.optimizer.clip_global_norm = 0.0
   # bf16 compute in the backbone (the SiRIIB branch stays float32), float32 parameters;
   # for GPU and TPU.
   config.half_precision = False
+
+  # Weight averaging (docs/weight_averaging.md): an exponential moving average of the
+  # parameters, updated after every step; validation, the best checkpoint, the final
+  # evaluation and --mode=eval / export / paper then use it (BatchNorm statistics: the raw
+  # model's). Not in the paper (0: off). DeepMind's adversarial_robustness uses 0.995.
+  config.weight_averaging = ml_collections.ConfigDict()
+  config.weight_averaging.decay = 0.0  # In [0, 1); 0 = off.
+  # Until this step the average is a copy of the parameters, then it starts averaging.
+  config.weight_averaging.warmup_steps = 0
+  # True: decay min(decay, (1 + t) / (10 + t)), t = steps since warmup_steps (TensorFlow's
+  # ExponentialMovingAverage num_updates warm-up); False: decay from the first update.
+  config.weight_averaging.dynamic_decay = True
 
   # Validation (clean and PGD-20 on dataset.validation_size held-out training examples).
   config.eval_every_epochs = 1
@@ -134,7 +159,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.evaluation.restarts = 1  # Random starts of pgd<N> / cw<N> / adaptive.
   config.evaluation.adaptive_steps = 20
   config.evaluation.square_queries = 5000  # Square alone and in AutoAttack (standard: 5000).
-  config.evaluation.unroll = False  # Step loops of pgd<N> / cw<N>: rolled (fast compile).
+  # Step loops of pgd<N> / cw<N> / adaptive: False rolled (fast compile), True unrolled, an
+  # int ≥ 1 unrolls that many (a bool-or-int key, see `bool_or_int`).
+  config.evaluation.unroll = bool_or_int(False)
   # Per attack, workdir/evaluation/<attack>.npz: x_adv, clean and adversarial predictions,
   # per-point robust flags, labels and indices (docs/evaluation.md, "Saved examples").
   config.evaluation.save_examples = False

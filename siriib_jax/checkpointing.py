@@ -10,14 +10,22 @@ from the checkpoint's metadata, replicated over the current devices. Before rest
 checkpoint's tree (key paths, shapes, dtypes) is compared with the target's, and a
 difference (another model, another mode of a module, another optimiser) is reported by
 key path rather than as orbax's error.
+
+With weight averaging (`weight_averaging.decay > 0`) the train state, and so every
+checkpoint, holds `averaged_params` beside `params`; `load_variables(..., averaged=True)`
+returns them as the variables' `params`. A checkpoint written without averaging resumes
+with it turned on: the average starts at the restored parameters (`restore_latest`'s
+`start_average`; docs/weight_averaging.md).
 """
 
 import os
 from typing import Any, Optional
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
 
 from siriib_jax import parallel
 from siriib_jax.config_errors import UserError
@@ -122,6 +130,33 @@ def placement_hint(found, expected, found_name: str = "the checkpoint",
   return f" {subject} was written with {setting}."
 
 
+AVERAGE_KEY = "averaged_params"  # The train state's field of the weight average.
+
+
+def _has_average(tree) -> bool:
+  """Whether a train state, its checkpoint metadata or a restored dict holds a weight
+  average (array leaves under `averaged_params`)."""
+  average = (getattr(tree, AVERAGE_KEY, None) if not isinstance(tree, dict)
+             else tree.get(AVERAGE_KEY))
+  return bool(_leaf_specs(average)) if average is not None else False
+
+
+def averaging_hint(found, expected, found_name: str = "the checkpoint",
+                   expected_name: str = "this run") -> str:
+  """A sentence naming `weight_averaging.decay` when one of the two trees (train states or
+  their metadata) holds a weight average and the other does not; "" otherwise."""
+  found_average, expected_average = _has_average(found), _has_average(expected)
+  if found_average == expected_average:
+    return ""
+  subject = found_name[:1].upper() + found_name[1:]
+  if found_average:
+    return (f" {subject} was written with weight averaging and {expected_name} has it off: "
+            f"set --config.weight_averaging.decay to the run's value (its config.json) to "
+            f"read it.")
+  return (f" {subject} was written without weight averaging and {expected_name} has it on "
+          f"(config.weight_averaging.decay > 0).")
+
+
 def _replicated_here() -> jax.sharding.Sharding:
   """Replicated over every current device (the data mesh of this machine)."""
   return parallel.replicated(parallel.data_mesh())
@@ -157,8 +192,14 @@ class Checkpoints:
       self._best_pgd = -np.inf if not metrics else float(metrics["pgd"])
     return self._best_pgd
 
-  def restore_latest(self, abstract_state):
+  def restore_latest(self, abstract_state, start_average: bool = False):
     """The latest `last/` checkpoint as `abstract_state`'s structure and shardings, or None.
+
+    Args:
+      abstract_state: the run's train state of `jax.ShapeDtypeStruct`s.
+      start_average: when `abstract_state` holds a weight average (`averaged_params`) and
+        the checkpoint none (written with weight averaging off), restore the rest and start
+        the average at the restored parameters (a copy, same sharding) instead of refusing.
 
     Raises:
       CheckpointError: the checkpoint exists but cannot be read, or holds another tree than
@@ -167,6 +208,18 @@ class Checkpoints:
     step = self.last.latest_step()
     if step is None:
       return None
+    if start_average and _has_average(abstract_state):
+      self.last.wait_until_finished()
+      try:
+        saved = getattr(self.last.item_metadata(step), "tree", None)
+      except Exception:  # pylint: disable=broad-except
+        saved = None  # `_restore` below reports it.
+      if saved is not None and not _has_average(saved):
+        state = self._restore(self.last, step,
+                              abstract_state.replace(**{AVERAGE_KEY: None}))
+        logging.warning("The checkpoint of step %d was written without weight averaging: "
+                        "the average starts at its parameters.", step)
+        return state.replace(**{AVERAGE_KEY: jax.tree.map(jnp.copy, state.params)})
     return self._restore(self.last, step, abstract_state)
 
   def restore_best(self, abstract_state):
@@ -202,7 +255,8 @@ class Checkpoints:
         raise CheckpointError(
             f"The checkpoint of step {step} in {path} was written by another model or "
             f"configuration than this run's: {mismatch}."
-            f"{placement_hint(saved, abstract_state, 'the checkpoint', 'this run')} "
+            f"{placement_hint(saved, abstract_state, 'the checkpoint', 'this run')}"
+            f"{averaging_hint(saved, abstract_state, 'the checkpoint', 'this run')} "
             f"It was left as it is. Use the "
             f"config it was trained with (e.g. the same model, model.siriib settings and "
             f"optimizer), or a new --workdir to start afresh.")
@@ -234,8 +288,8 @@ class Checkpoints:
     self.best.close()
 
 
-def load_variables(workdir: str, which: str = "best",
-                   expected: Optional[Any] = None) -> tuple[dict, int]:
+def load_variables(workdir: str, which: str = "best", expected: Optional[Any] = None,
+                   averaged: bool = False) -> tuple[dict, int]:
   """The model variables `{'params', 'batch_stats'}` of a run, for evaluation, replicated
   over the current devices whatever the device count of the run that saved them.
 
@@ -247,11 +301,15 @@ def load_variables(workdir: str, which: str = "best",
       `{'params', 'batch_stats'}` of arrays or `jax.ShapeDtypeStruct`s (e.g.
       `jax.eval_shape(model.init, key, images)`). When given, a checkpoint of another
       model or mode is refused with the key paths and shapes that differ.
+    averaged: True: `params` are the checkpoint's weight average (`averaged_params`, a run
+      trained with `weight_averaging.decay > 0`; `train_state.weights_name(config)` says
+      which a config asks for); False: the raw parameters. `batch_stats` are the run's
+      running statistics either way.
   Returns:
     (variables, step).
   Raises:
-    CheckpointError: there is no checkpoint, it cannot be read, or its variables differ
-      from `expected`.
+    CheckpointError: there is no checkpoint, it cannot be read, its variables differ
+      from `expected`, or `averaged` is True and it holds no weight average.
   """
   if which not in ("best", "last"):
     raise ValueError(f"which must be 'best' or 'last', got {which!r}")
@@ -266,7 +324,17 @@ def load_variables(workdir: str, which: str = "best",
     if step is None:
       continue
     restored = Checkpoints._restore(manager, step, None)  # pylint: disable=protected-access
-    variables = {"params": restored["params"], "batch_stats": restored["batch_stats"]}
+    if averaged and not _has_average(restored):
+      raise CheckpointError(
+          f"The checkpoint of step {step} in {os.path.join(directory, str(step))} holds no "
+          f"weight average: its run was trained with weight_averaging.decay = 0. Evaluate "
+          f"its raw weights with --config.weight_averaging.decay=0, or train with "
+          f"weight_averaging.decay > 0.")
+    if not averaged and _has_average(restored):
+      logging.warning("The checkpoint of step %d holds a weight average; these are its raw "
+                      "weights (set weight_averaging.decay > 0 to read the average).", step)
+    params = restored[AVERAGE_KEY] if averaged else restored["params"]
+    variables = {"params": params, "batch_stats": restored["batch_stats"]}
     if expected is not None:
       expected = {"params": expected["params"], "batch_stats": expected.get("batch_stats", {})}
       mismatch = describe_mismatch(variables, expected, "the checkpoint", "the model")

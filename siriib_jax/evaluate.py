@@ -1,7 +1,9 @@
 """`evaluate(mode, config, workdir)`: a training run's checkpoint, evaluated — the entry point
 of `main.py --mode=eval` and `--mode=svd_study`, beside `train.train_and_evaluate`.
 
-Both load `checkpointing.load_variables(workdir, config.evaluation.checkpoint)`, build the
+Both load `checkpointing.load_variables(workdir, config.evaluation.checkpoint)` — the
+weight average when `weight_averaging.decay > 0` (docs/weight_averaging.md), the report's
+`meta.weights` saying "averaged" or "raw" — build the
 configured model and the test split (`config.evaluation.subset_size`, `.seed`), and write
 their files to `workdir/evaluation/` (docs/evaluation.md). With several hosts
 (`--multihost`) each evaluates its share of the test points (`evaluation.batch_size` a
@@ -19,6 +21,7 @@ from siriib_jax.config_validation import validate_evaluation_config
 from siriib_jax.data import InputPipeline
 from siriib_jax.evaluation import evaluate_robustness, svd_study
 from siriib_jax.models import create_model
+from siriib_jax.train_state import averaging_enabled, weights_name
 
 MODES = ("eval", "svd_study")
 
@@ -47,11 +50,13 @@ def evaluate(mode: str, config: ml_collections.ConfigDict, workdir: str):
                        seed=config.seed, training=False)
   size = config.dataset.image_size
   expected = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, size, size, 3)))
-  variables, step = load_variables(workdir, evaluation.checkpoint, expected=expected)
+  variables, step = load_variables(workdir, evaluation.checkpoint, expected=expected,
+                                   averaged=averaging_enabled(config))
   directory = os.path.join(os.path.abspath(workdir), "evaluation")
   if mode == "eval":
     name = config.model.name + ("-SR" if config.model.siriib.enabled else "")
     return evaluate_robustness(model, variables, config, data, directory=directory,
                                meta={"model": name, "checkpoint": evaluation.checkpoint,
-                                     "step": int(step), "workdir": workdir})
+                                     "step": int(step), "workdir": workdir,
+                                     "weights": weights_name(config)})
   return svd_study(model, variables, config, data, directory=directory)

@@ -36,7 +36,9 @@ Files written to `workdir/export/`:
 
 * `model.safetensors`: the tensors above; its metadata holds `architecture` (below) as JSON.
 * `architecture.json`: `{"format", "model" (config.model as a dict), "image_size",
-  "num_classes", "input", "checkpoint", "step", "tensors": {name: [shape, dtype]}}`.
+  "num_classes", "input", "checkpoint", "step", "weights", "tensors": {name: [shape,
+  dtype]}}`; `weights` is "averaged" (the checkpoint's weight average, written when
+  `weight_averaging.decay > 0`; docs/weight_averaging.md) or "raw".
 """
 
 import json
@@ -49,6 +51,7 @@ import ml_collections
 import numpy as np
 
 from siriib_jax.checkpointing import load_variables
+from siriib_jax.train_state import averaging_enabled, weights_name
 from siriib_jax.config_errors import ConfigError, check_choice
 from siriib_jax.models import create_model
 
@@ -148,7 +151,8 @@ def torch_state_dict(variables: Mapping[str, Any], model_config: ml_collections.
 def architecture(config: ml_collections.ConfigDict, step: int, checkpoint: str,
                  tensors: Mapping[str, np.ndarray]) -> dict:
   """The JSON description of an export: enough to build the PyTorch model
-  (`bench/torch_reference.build_model`) and to know which run it came from."""
+  (`bench/torch_reference.build_model`) and to know which run and which weights ("averaged"
+  or "raw", `train_state.weights_name(config)`) it came from."""
   return {
       "format": FORMAT,
       "model": config.model.to_dict(),
@@ -158,6 +162,7 @@ def architecture(config: ml_collections.ConfigDict, step: int, checkpoint: str,
       "output": "logits (B, num_classes)",
       "checkpoint": checkpoint,
       "step": int(step),
+      "weights": weights_name(config),
       "tensors": {name: [list(v.shape), str(v.dtype)] for name, v in tensors.items()},
   }
 
@@ -221,7 +226,8 @@ def export_variables(variables: Mapping[str, Any], config: ml_collections.Config
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, str]:
   """`main.py --mode=export`: the checkpoint `config.evaluation.checkpoint` ("best" or
-  "last") of `workdir`, written to `workdir/export/` (module doc).
+  "last") of `workdir` — its weight average when `weight_averaging.decay > 0` — written to
+  `workdir/export/` (module doc).
 
   Returns:
     As `export_variables`.
@@ -232,9 +238,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, str]:
   create_model(config.model, config.dataset.image_size)  # Checks config.model first.
   which = config.evaluation.checkpoint
   check_choice("evaluation.checkpoint", which, ("best", "last"))
-  variables, step = load_variables(workdir, which)
+  variables, step = load_variables(workdir, which, averaged=averaging_enabled(config))
   paths = export_variables(variables, config, os.path.join(os.path.abspath(workdir), "export"),
                            step=int(step), checkpoint=which)
-  print(f"Exported the {which} checkpoint (step {step}) of {workdir} to {paths['weights']} "
+  print(f"Exported the {which} checkpoint's {weights_name(config)} weights (step {step}) "
+        f"of {workdir} to {paths['weights']} "
         f"(PyTorch names and layout; architecture in {paths['architecture']}).")
   return paths

@@ -41,6 +41,7 @@ from siriib_jax.evaluation.batching import attack_key, run_attack
 from siriib_jax.evaluation.robustness import load_points
 from siriib_jax.models import create_model
 from siriib_jax.models.model_fn import logits_fn
+from siriib_jax.train_state import averaging_enabled, weights_name
 
 BASELINE, SIRIIB, PURIFIER = "baseline", "SiRIIB", "purifier"
 
@@ -88,6 +89,7 @@ class Run:
   model: object
   variables: dict
   step: int = -1  # The checkpoint's step (the report cache's key).
+  weights: str = "raw"  # "averaged" (its weight average, weight_averaging.decay > 0) or "raw".
 
   @property
   def dataset(self) -> str:
@@ -115,7 +117,8 @@ def _label(config: ml_collections.ConfigDict) -> str:
 
 
 def load_run(workdir: str, config: Optional[ml_collections.ConfigDict] = None) -> Run:
-  """The run in `workdir`, with `config` (default: the run's own `config.json`).
+  """The run in `workdir`, with `config` (default: the run's own `config.json`): its weight
+  average when that config has `weight_averaging.decay > 0`, else its raw weights.
 
   Raises:
     FileNotFoundError: no `config.json` where `config` is not given.
@@ -126,8 +129,10 @@ def load_run(workdir: str, config: Optional[ml_collections.ConfigDict] = None) -
   model = create_model(config.model, config.dataset.image_size, dtype)
   size = config.dataset.image_size
   expected = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, size, size, 3)))
-  variables, step = load_variables(workdir, config.evaluation.checkpoint, expected=expected)
-  return Run(_label(config), workdir, role_of(config), config, model, variables, int(step))
+  variables, step = load_variables(workdir, config.evaluation.checkpoint, expected=expected,
+                                   averaged=averaging_enabled(config))
+  return Run(_label(config), workdir, role_of(config), config, model, variables, int(step),
+             weights_name(config))
 
 
 def _distinct_labels(runs: list[Run]) -> None:
@@ -184,10 +189,12 @@ class _Context:
 
   def key(self, run: Run, *what) -> str:
     """16 hex digits naming a result kept under `paper/` for `run`: a hash of what it
-    depends on (the run's workdir and checkpoint step, `what` (e.g. the attacks), the
+    depends on (the run's workdir, checkpoint step and weights, `what` (e.g. the attacks), the
     evaluation config, the points), so a rerun reuses it and nothing else does."""
     return hashlib.sha256(json.dumps(
-        [os.path.abspath(run.workdir), run.step, list(what), self.evaluation.to_json(),
+        [os.path.abspath(run.workdir),
+         run.step if run.weights == "raw" else f"{run.step} averaged", list(what),
+         self.evaluation.to_json(),
          len(self.y), hashlib.sha256(self.x.tobytes() + self.y.tobytes()).hexdigest()]
     ).encode()).hexdigest()[:16]
 
@@ -217,8 +224,8 @@ class _Context:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path + ".tmp", "w") as f:
           json.dump({"run": run.label, "workdir": run.workdir, "step": run.step,
-                     "attacks": attacks, "accuracy": self._reports[run.workdir]}, f,
-                    indent=1)
+                     "weights": run.weights, "attacks": attacks,
+                     "accuracy": self._reports[run.workdir]}, f, indent=1)
         os.replace(path + ".tmp", path)
     return self._reports[run.workdir]
 
@@ -494,7 +501,7 @@ def paper(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   Returns:
     The report as a dict: `sections` (number → {status, caption, markdown, pngs, data}),
-    `runs` (label → workdir, role).
+    `runs` (label → workdir, role, weights: "averaged" or "raw").
   Raises:
     ConfigError: a bad `paper` or evaluation key (before anything is loaded).
     CheckpointError, FileNotFoundError: a run cannot be loaded.
@@ -522,7 +529,8 @@ def paper(config: ml_collections.ConfigDict, workdir: str) -> dict:
       # says so, the other sections stand.
       sections[number] = {"status": "missing", "reason": str(error).rstrip(".")}
     sections[number]["caption"] = CAPTIONS[number]
-  result = {"runs": {r.label: {"workdir": r.workdir, "role": r.role} for r in runs},
+  result = {"runs": {r.label: {"workdir": r.workdir, "role": r.role, "weights": r.weights}
+                     for r in runs},
             "num_points": int(len(ctx.y)), "seed": int(ctx.evaluation.seed),
             "reports": ctx.reports(),
             "sections": sections}
@@ -547,8 +555,9 @@ def to_markdown(result: dict) -> str:
   lines = ["# The SiRIIB paper's tables and figures, measured on these runs", "",
            f"{result['num_points']} stratified test points, seed {result['seed']}. "
            "Accuracies in %, measured here (not the paper's numbers).", "",
-           "| run | role | workdir |", "|---|---|---|"]
-  lines += [f"| {label} | {r['role']} | `{r['workdir']}` |" for label, r in result["runs"].items()]
+           "| run | role | weights | workdir |", "|---|---|---|---|"]
+  lines += [f"| {label} | {r['role']} | {r.get('weights', 'raw')} | `{r['workdir']}` |"
+            for label, r in result["runs"].items()]
   for number, section in result["sections"].items():
     lines += ["", f"## {number}. {section['caption']}", ""]
     if section["status"] == "missing":

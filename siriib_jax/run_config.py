@@ -5,6 +5,7 @@ JSON has no tuples: `load` restores them where the project's defaults hold a tup
 config that comes back passes the same checks as the one that trained.
 """
 
+import copy
 import json
 import os
 
@@ -46,7 +47,9 @@ def load(workdir: str, defaults: ml_collections.ConfigDict) -> ml_collections.Co
         f"write its config there with siriib_jax.run_config.save(config, workdir).")
   with open(path) as f:
     values = json.load(f)
-  config = defaults.copy_and_resolve_references()
+  # A deep copy keeps the typeless keys (`configs/default.bool_or_int`), which resolving
+  # the references would type by their default.
+  config = copy.deepcopy(defaults)
   with config.unlocked():
     config.update_from_flattened_dict(_flatten(_restore(values, defaults.to_dict())))
   return config

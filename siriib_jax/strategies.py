@@ -18,6 +18,7 @@ import ml_collections
 
 from siriib_jax import losses
 from siriib_jax.attacks.pgd import fgsm, pgd
+from siriib_jax.attacks.threat_model import check_config_radius, check_config_step_size
 from siriib_jax.config_errors import check_choice, fail
 from siriib_jax.registry import Registry
 
@@ -99,7 +100,9 @@ class Strategy:
       `needs_clean` (or SiRIIB) asks for the clean forward pass.
     needs_clean: the loss uses the clean logits (TRADES).
     attack_uses_clean: the attack needs the clean logits (TRADES' KL inner loss).
-    weight_perturbation: AWP's, applied before the update; None for no AWP.
+    weight_perturbation: AWP's, applied before the update; None for no AWP. Only the
+      gradient is taken at the perturbed weights: the update, and the weight average
+      (`weight_averaging`), are of the real ones.
     ensemble: TE's; None for no temporal ensembling.
   """
   attack: Callable
@@ -111,9 +114,10 @@ class Strategy:
 
 
 def _pgd_ce(config: ml_collections.ConfigDict) -> Callable:
-  """PGD on the cross-entropy from a uniform random start (Madry et al. 2018)."""
+  """PGD on the cross-entropy from a uniform random start (Madry et al. 2018), returning its
+  last iterate (the inner maximisation's)."""
   a = config.attack
-  attack = pgd(a.eps, a.step_size, a.steps, norm="linf", unroll=a.unroll)
+  attack = pgd(a.eps, a.step_size, a.steps, norm="linf", unroll=a.unroll, keep="last")
   return lambda logits_fn, x, y, key, clean_logits: attack(logits_fn, x, y, key).x_adv
 
 
@@ -124,7 +128,7 @@ def _pgd_trades_kl(config: ml_collections.ConfigDict) -> Callable:
   def attack(logits_fn, x, y, key, clean_logits):
     kl = lambda logits, _: losses.trades_kl(logits, clean_logits)
     run = pgd(a.eps, a.step_size, a.steps, norm="linf", loss=kl, start_noise=0.001,
-              unroll=a.unroll)
+              unroll=a.unroll, keep="last")
     return run(logits_fn, x, y, key).x_adv
 
   return attack
@@ -176,7 +180,7 @@ def te(config: ml_collections.ConfigDict) -> Strategy:
 def fgsm_at(config: ml_collections.ConfigDict) -> Strategy:
   """FGSM-AT from a uniform random start with step 1.25 ε (Wong et al. 2020, Alg. 3)."""
   a = config.attack
-  attack = fgsm(a.eps, step_size=1.25 * a.eps, random_start=True)
+  attack = fgsm(a.eps, step_size=1.25 * a.eps, random_start=True, keep="last")
   return Strategy(lambda logits_fn, x, y, key, clean_logits: attack(logits_fn, x, y, key).x_adv,
                   _cross_entropy_adv)
 
@@ -192,10 +196,10 @@ def _validate_strategy_config(config: ml_collections.ConfigDict) -> None:
   """`get_strategy`'s check of the strategy and its inner attack."""
   STRATEGIES.lookup(config.strategy)
   a = config.attack
-  if not 0 < a.eps <= 1:
-    fail("attack.eps", a.eps, "it must be in (0, 1] (pixel units; 8/255 for CIFAR)")
-  if not 0 < a.step_size <= 1:
-    fail("attack.step_size", a.step_size, "it must be in (0, 1] (pixel units)")
+  for key, check in (("eps", check_config_radius), ("step_size", check_config_step_size)):
+    if not a[key] > 0:
+      fail(f"attack.{key}", a[key], "it must be in (0, 1] (pixel units; 8/255 for CIFAR)")
+    check(f"attack.{key}", a[key], "linf")  # Above 1: "write 8/255, not 8".
   if not isinstance(a.steps, int) or a.steps < 1:
     fail("attack.steps", a.steps, "it must be an integer ≥ 1")
   check_choice("attack.batch_norm", a.batch_norm, ("train", "eval"))

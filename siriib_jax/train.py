@@ -2,9 +2,15 @@
 
 The loop follows flax `examples/imagenet`: one jitted step (train_step.py) over a data
 mesh, clu metric writers, orbax checkpoints that a restarted run resumes from — step,
-parameters, BatchNorm statistics, optimiser state and TE's ensemble; the data order and
-the randomness are functions of (seed, step), so nothing else needs saving — and a
-SIGTERM handler that checkpoints and exits cleanly.
+parameters, BatchNorm statistics, optimiser state, TE's ensemble and the weight average;
+the data order and the randomness are functions of (seed, step), so nothing else needs
+saving — and a SIGTERM handler that checkpoints and exits cleanly.
+
+With weight averaging (`weight_averaging.decay > 0`, docs/weight_averaging.md) validation,
+the best checkpoint's selection and the final evaluation use the averaged weights, and the
+summary's `weights` (and the evaluation report's `meta.weights`) says "averaged"; "raw"
+otherwise. A checkpoint written without averaging resumes with it on, the average starting
+at the restored parameters.
 """
 
 import json
@@ -27,7 +33,7 @@ from siriib_jax.data import InputPipeline
 from siriib_jax.evaluation import evaluate_robustness
 from siriib_jax.models import create_model
 from siriib_jax.strategies import get_strategy
-from siriib_jax.train_state import create_train_state
+from siriib_jax.train_state import create_train_state, evaluated_variables, weights_name
 from siriib_jax.train_step import make_eval_step, make_train_step
 
 
@@ -74,7 +80,8 @@ def evaluate_validation(eval_step, state, data: InputPipeline, mesh, key) -> dic
 def _final_evaluation(model, state, checkpoints: Checkpoints, config, data: InputPipeline,
                       workdir: str, writer, mesh) -> dict:
   """`config.final_eval_attacks` on a stratified subset of `config.final_eval_size` test
-  points, for the best checkpoint by validation PGD (the last state without one), over the
+  points, for the best checkpoint by validation PGD (the last state without one; its
+  `train_state.evaluated_variables`: the weight average when there is one), over the
   training mesh (with several hosts: each host its share of the points on its devices, the
   results gathered); the table is printed and written to `workdir/evaluation` by process 0,
   the progress through `writer`."""
@@ -82,10 +89,11 @@ def _final_evaluation(model, state, checkpoints: Checkpoints, config, data: Inpu
   best = checkpoints.restore_best(state)
   chosen = best if best is not None else state
   report = evaluate_robustness(
-      model, {"params": chosen.params, "batch_stats": chosen.batch_stats}, config, data,
+      model, evaluated_variables(chosen), config, data,
       attacks=tuple(config.final_eval_attacks), subset_size=config.final_eval_size,
       directory=os.path.join(workdir, "evaluation"),
-      meta={"checkpoint": "best" if best is not None else "last", "step": int(chosen.step)},
+      meta={"checkpoint": "best" if best is not None else "last", "step": int(chosen.step),
+            "weights": weights_name(config)},
       writer=writer, mesh=mesh)
   return report.to_json()
 
@@ -129,7 +137,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       abstract_state)
 
   checkpoints = Checkpoints(workdir, config.keep_checkpoints)
-  state = checkpoints.restore_latest(abstract_state)
+  state = checkpoints.restore_latest(abstract_state, start_average=True)
   if state is None:
     state = init(init_key)
   start_step = int(state.step)
@@ -187,8 +195,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   summary = {"status": status, "step": int(state.step), "num_steps": num_steps,
              "epochs": int(state.step) / steps_per_epoch, "validation": validation,
              "best_validation_pgd": checkpoints.best_metric(),
-             "train_seconds": time.time() - started}
-  orth_error = losses.orthogonality_error(state.params)  # None without SiRIIB: omitted.
+             "train_seconds": time.time() - started, "weights": weights_name(config)}
+  # Of the weights validated and evaluated (the average when on); None without SiRIIB.
+  orth_error = losses.orthogonality_error(evaluated_variables(state)["params"])
   if orth_error is not None:
     summary["orthogonality_error"] = float(orth_error)  # Largest ‖W Wᵀ − I‖_F, paper §3.2.
   if status == "completed" and config.final_eval_size:

@@ -3,8 +3,9 @@
 `make_train_step` returns one pure function `(state, batch, key) -> (state, metrics)` that
 holds, for one strategy and model: augmentation, the inner maximisation, the strategy's
 loss plus the SiRIIB terms (paper §4.2), the strategy's weight perturbation (AWP) and
-ensemble (TE) from `strategies.py`, a guard against non-finite updates, and the optimiser
-update. `train.py` jits it once with the state donated and sharded (`parallel.py`).
+ensemble (TE) from `strategies.py`, a guard against non-finite updates, the optimiser
+update and the weight average (`train_state.update_average`). `train.py` jits it once with
+the state donated and sharded (`parallel.py`).
 """
 
 import jax
@@ -18,7 +19,8 @@ from siriib_jax.models.model_fn import logits_fn as model_logits_fn
 from siriib_jax.numerics import all_finite
 from siriib_jax.optimizer import learning_rate_schedule
 from siriib_jax.strategies import Strategy
-from siriib_jax.train_state import TrainState
+from siriib_jax.train_state import (TrainState, averaging_enabled, evaluated_variables,
+                                    update_average)
 
 
 def make_train_step(model, strategy: Strategy, config: ml_collections.ConfigDict,
@@ -38,6 +40,10 @@ def make_train_step(model, strategy: Strategy, config: ml_collections.ConfigDict
   With SiRIIB as a plug-in, `L_info`'s `f_i(x_clean)` comes from SiRIIB alone
   (`Classifier.siriib_features`) unless the strategy needs the clean logits (TRADES): the
   backbone's running statistics then move with x_adv only, as the plain model's do.
+
+  With `weight_averaging.decay > 0` the state's `averaged_params` is updated with the new
+  parameters — the real weights, never AWP's perturbed copy (only the gradient is taken
+  there) — and, like the rest of the state, kept as it was when the update is skipped.
   """
   siriib = config.model.siriib
   use_siriib = siriib.enabled and siriib.placement == "plugin"
@@ -47,6 +53,7 @@ def make_train_step(model, strategy: Strategy, config: ml_collections.ConfigDict
   schedule = learning_rate_schedule(config, steps_per_epoch)
   lambda1, lambda2 = config.loss.lambda1, config.loss.lambda2
   ensemble = strategy.ensemble
+  averaging = averaging_enabled(config)
 
   def forward(params, batch_stats, x):
     out, updates = model.apply({"params": params, "batch_stats": batch_stats}, x, train=True,
@@ -116,6 +123,9 @@ def make_train_step(model, strategy: Strategy, config: ml_collections.ConfigDict
     if ensemble is not None:
       new_state = new_state.replace(ensemble=ensemble.update(state.ensemble, index,
                                                              logits_adv))
+    if averaging:  # `new_state.params`: the updated real weights (AWP perturbs a copy).
+      new_state = new_state.replace(averaged_params=update_average(
+          state.averaged_params, new_state.params, state.step, config))
 
     finite = jnp.isfinite(total) & all_finite(grads) & all_finite(new_state.params)
     new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
@@ -129,15 +139,17 @@ def make_train_step(model, strategy: Strategy, config: ml_collections.ConfigDict
 def make_eval_step(model, config: ml_collections.ConfigDict):
   """Builds `eval_step(state, batch, key) -> counts` for validation: clean and PGD-k
   (`config.eval_pgd_steps`, the training ε and α, random start) accuracy, as sums over the
-  batch's real examples (`mask`), plus the count."""
+  batch's real examples (`mask`), plus the count. The weights are
+  `train_state.evaluated_variables(state)`: the weight average when the state has one."""
   a = config.attack
   attack = pgd(a.eps, a.step_size, config.eval_pgd_steps, norm="linf", unroll=False)
 
   def eval_step(state: TrainState, batch, key):
-    logits_fn = model_logits_fn(model, {"params": state.params,
-                                        "batch_stats": state.batch_stats})
+    logits_fn = model_logits_fn(model, evaluated_variables(state))
     x, y, mask = to_float(batch["image"]), batch["label"], batch["mask"].astype(jnp.float32)
-    clean = jnp.argmax(logits_fn(x), -1) == y
+    logits = logits_fn(x)
+    # A point with a NaN or infinite logit is no correct prediction (`attacks.base`).
+    clean = (jnp.argmax(logits, -1) == y) & jnp.all(jnp.isfinite(logits), -1)
     robust = clean & ~attack(logits_fn, x, y, key).success
     return {"clean": jnp.sum(clean * mask), "pgd": jnp.sum(robust * mask),
             "count": jnp.sum(mask)}

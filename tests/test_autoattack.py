@@ -5,13 +5,16 @@ attacking every point with every component (each point attacked alone with its o
 module doc of attacks/autoattack.py)."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from siriib_jax import attacks
-from siriib_jax.attacks.autoattack import (QUERY_SIGNIFICANT_BITS, _compiled, attack_points,
-                                           bucket_size, chunk_plan)
+from siriib_jax.attacks.runner import (QUERY_SIGNIFICANT_BITS, _compiled, attack_points,
+                                       bucket_size, chunk_plan)
 from tests.helpers import linear_attack_problem
+from tests.linear_oracle import (CLASSES, in_threat_model, linear_logits, partial_logits,
+                                  random_problem, robust)
 
 
 def _cheap_ensemble(eps):
@@ -112,3 +115,104 @@ def test_stepped_runs_drop_broken_points_with_the_attack_result(targeted):
   assert 0 < broken.sum() < clean_correct.sum()
   # Points broken early left the run: some report came with 0 < done < total.
   assert any(0 < p.done < p.total for p in events), [(p.done, p.total) for p in events]
+
+
+def _autoattack(norm):
+  w, b, x, y, eps = random_problem(norm)
+  return attacks.autoattack(eps, norm)(partial_logits(w, b), x, y, jax.random.key(0))
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_autoattack_reaches_exact_robust_accuracy_of_linear_model(norm):
+  w, b, x, y, eps = random_problem(norm)
+  result = _autoattack(norm)
+  is_robust = robust(w, b, x, y, eps, norm)
+  assert not (result.success & is_robust).any()
+  assert abs((1 - result.success.mean()) - is_robust.mean()) <= 0.005
+  assert in_threat_model(result.x_adv, x, eps, norm)
+  np.testing.assert_array_equal(
+      result.success, np.argmax(partial_logits(w, b)(result.x_adv), axis=1) != y)
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_autoattack_robustness_is_and_over_components(norm):
+  result = _autoattack(norm)
+  assert list(result.components) == ["apgd-ce", "apgd-t", "fab-t", "square"]
+  still_robust = ~result.clean_success
+  for component in result.components.values():
+    np.testing.assert_array_equal(component.attacked, still_robust)  # Only robust points.
+    assert not (component.success & ~component.attacked).any()
+    still_robust = still_robust & ~component.success
+  np.testing.assert_array_equal(~result.success, still_robust)
+
+
+def test_autoattack_counts_clean_errors_and_reuses_compilations():
+  w, b, x, y, eps = random_problem("linf", n=32)
+  y = y.copy()
+  y[:4] = (y[:4] + 1) % CLASSES  # Misclassified without attack.
+  traces = []
+
+  def logits_fn(x):
+    traces.append(x.shape)
+    return linear_logits(jnp.asarray(w), jnp.asarray(b), x)
+
+  cheap = {"pgd": attacks.pgd(eps, eps / 4, 3), "apgd-t": attacks.apgd_targeted(eps, steps=5)}
+  autoattack = attacks.AutoAttack(eps, attacks=cheap)
+  first = autoattack(logits_fn, x, y, jax.random.key(0))
+  assert first.clean_success[:4].all() and not first.clean_success[4:].any()
+  assert first.success[:4].all() and (first.x_adv[:4] == x[:4]).all()
+  assert not first.components["pgd"].attacked[:4].any()
+  count = len(traces)
+  second = autoattack(logits_fn, x, y, jax.random.key(0))
+  assert len(traces) == count  # Same buckets: no retrace.
+  np.testing.assert_array_equal(first.x_adv, second.x_adv)  # Deterministic for a key.
+
+
+def test_autoattack_runs_each_target_only_on_the_points_still_robust():
+  """As the reference does: target rank r attacks only the points that ranks 1 … r − 1 left
+  robust, and a point keeps the x_adv of the rank that broke it. The stand-in attack breaks
+  point i at rank i % 4 + 1 (never, for i % 4 = 3: only 3 ranks run) and records what it
+  sees."""
+  n = 12
+  x = np.broadcast_to((np.arange(n, dtype=np.float32) + 1)[:, None, None, None] / 32,
+                      (n, 4, 4, 3)).copy()  # Point i is the constant image (i + 1) / 32.
+  seen = {}
+
+  def record(rank, ids):
+    seen.setdefault(int(rank), set()).update(np.asarray(ids).tolist())
+
+  def single_target(logits_fn, x, y, key, rank):
+    del logits_fn, y, key
+    ids = jnp.round(x[:, 0, 0, 0] * 32).astype(jnp.int32) - 1
+    jax.debug.callback(record, rank, ids)
+    return attacks.AttackResult(x + 1e-3 * rank, ids % 4 == rank - 1)
+
+  def all_targets(*args):
+    raise AssertionError("AutoAttack must call the attack target by target")
+
+  correct = lambda x: jnp.zeros((len(x), CLASSES)).at[:, 0].set(1.0)  # All clean-correct.
+  stand_in = attacks.TargetedAttack(all_targets, single_target, n_target_classes=3)
+  result = attacks.AutoAttack(0.1, attacks={"t": stand_in})(correct, x, np.zeros(n, int),
+                                                            jax.random.key(0))
+  ids = np.arange(n)
+  assert seen == {1: set(ids), 2: set(ids[ids % 4 != 0]), 3: set(ids[ids % 4 >= 2])}
+  np.testing.assert_array_equal(result.success, ids % 4 != 3)
+  expected = x + 1e-3 * np.where(ids % 4 != 3, ids % 4 + 1, 0)[:, None, None, None]
+  np.testing.assert_allclose(result.x_adv, expected, rtol=0, atol=1e-7)
+  assert result.components["t"].attacked.all()
+
+
+def test_autoattack_rand_with_eot_on_stochastic_model():
+  w, b, x, y, eps = random_problem("linf", n=64)
+  noise = 0.01 * jnp.std(jnp.asarray(b))
+
+  def logits_fn(x, key):
+    logits = linear_logits(jnp.asarray(w), jnp.asarray(b), x)
+    return logits + noise * jax.random.normal(key, logits.shape)
+
+  result = attacks.autoattack(eps, version="rand")(logits_fn, x, y, jax.random.key(0))
+  assert list(result.components) == ["apgd-ce", "apgd-dlr"]
+  assert in_threat_model(result.x_adv, x, eps, "linf")
+  is_robust = robust(w, b, x, y, eps, "linf")
+  assert not (result.success & is_robust).any()
+  assert abs((1 - result.success.mean()) - is_robust.mean()) <= 0.05

@@ -15,8 +15,8 @@ from siriib_jax import attacks
 from siriib_jax.configs import default
 from siriib_jax.data import InputPipeline
 from siriib_jax.evaluation import evaluate_robustness, select_points
-from siriib_jax.evaluation.batching import (Hosts, assemble, map_batches, run_attack,
-                                            select_share, share_index)
+from siriib_jax.evaluation.batching import map_batches, run_attack
+from siriib_jax.evaluation.hosts import Hosts, assemble, select_share, share_index
 from tests.helpers import (LinearClassifier, assert_same_per_point, fast_evaluation,
                            linear_attack_problem, self_labelled_points, write_npz_dataset)
 

@@ -332,6 +332,23 @@ def test_table8_refuses_a_model_without_purifier_and_the_special_names(config):
     predict_functions(plain, plain.init(jax.random.key(0), x[:1]))
 
 
+def test_table8_refuses_0_255_floats_and_counts_every_class(config):
+  model, variables, x, y = _table_problem(IdentityPurifier())
+  evaluation = _evaluation(config)
+  with pytest.raises(ValueError, match="data's images holds values in .*0–255"):
+    purification_table(model, variables, evaluation, (x * 255, y), attacks=())
+  with pytest.raises(ValueError, match="^images holds values in"):
+    purify_images(model, variables, x * 255)
+  evaluation.linf.eps = 8.0
+  with pytest.raises(ConfigError, match=r"evaluation\.linf\.eps.*8/255"):
+    purification_table(model, variables, evaluation, (x, y), attacks=("pgd10",))
+  evaluation.linf.eps = 0.004
+  few = y % 5  # A 10-class backbone, classes 5–9 empty.
+  table = purification_table(model, variables, evaluation, (x, few), attacks=())
+  assert table["class_counts"] == np.bincount(few, minlength=10).tolist()
+  assert len(table["class_counts"]) == 10
+
+
 @pytest.mark.slow
 def test_a_purifier_run_trains_checkpoints_and_evaluates(tmp_path):
   from siriib_jax import train as train_lib  # pylint: disable=import-outside-toplevel

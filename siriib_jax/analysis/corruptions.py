@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from siriib_jax import config_errors
+from siriib_jax import config_errors, markdown
 from siriib_jax.data import sources
 from siriib_jax.data import specs
 from siriib_jax.data.augment import to_float
@@ -429,20 +429,21 @@ def table9_markdown(result: dict, digits: int = 2) -> str:
   header = ["corruption"]
   for m in models:
     header += [f"{m} s{s}" for s in severities] + [f"{m} mean"]
-  lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
   fmt = f"{{:.{digits}f}}"
+  rows = []
   for c in _row_order(result["corruptions"]):
     row = [c]
     for m in models:
       row += [fmt.format(cell(result["accuracy"][m][c], s)) for s in severities]
       row.append(fmt.format(result["corruption_mean"][m][c]))
-    lines.append("| " + " | ".join(row) + " |")
+    rows.append(row)
   row = ["mean"]
   for m in models:
     row += [fmt.format(np.mean([cell(result["accuracy"][m][c], s)
                                 for c in result["corruptions"]])) for s in severities]
     row.append(fmt.format(result["mean"][m]))
-  lines.append("| " + " | ".join(row) + " |")
+  rows.append(row)
+  lines = [markdown.table(header, rows)]
   counts = sorted({int(n) for per in result["count"].values() for n in per.values()})
   how = ("every image" if not result.get("max_per_severity")
          else f"at most {result['max_per_severity']} ({result.get('subsample')})")

@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from siriib_jax.attacks.threat_model import check_images
 from siriib_jax.evaluation.batching import map_batches
 
 _BLOCK = re.compile(r"stage(\d+)_block(\d+)$")
@@ -94,12 +95,13 @@ def penultimate_features(model: nn.Module, variables, images: np.ndarray,
 
   Args:
     model, variables: as `final_feature_maps`.
-    images: (N, H, W, 3) float in [0, 1].
+    images: (N, H, W, 3) float in [0, 1], or uint8 (`threat_model.check_images`:
+      ValueError for values outside [0, 1] or not finite).
     batch_size: images per forward pass.
 
   Returns:
     (N, C) float32, C the backbone's last width (512 × width multiplier for ResNet-18,
     640 × width multiplier for WRN-28-10).
   """
-  images = np.asarray(images, np.float32)
+  images = check_images(images, "images")
   return map_batches(lambda batch: _pooled(model, variables, batch), (images,), batch_size)

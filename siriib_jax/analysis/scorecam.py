@@ -31,6 +31,7 @@ import numpy as np
 
 from siriib_jax.analysis.features import final_feature_maps
 from siriib_jax.analysis.xavg import Row
+from siriib_jax.attacks.threat_model import check_images
 
 # A map whose range over the image is below this is constant: no mask, weight 0.
 _FLAT = 1e-12
@@ -79,7 +80,8 @@ def score_cam(model: nn.Module, variables, x: np.ndarray, labels: Optional[np.nd
     model: a `models.Classifier` (the maps come from its backbone's last stage; the
       scores from the whole model, SiRIIB included).
     variables: its variables (running batch statistics).
-    x: (B, H, W, 3) float images in [0, 1].
+    x: (B, H, W, 3) float images in [0, 1], or uint8 (`threat_model.check_images`:
+      ValueError for values outside [0, 1] or not finite).
     labels: (B,) int, the class to explain per image; default the predicted class.
     channels_per_pass: channels masked per forward pass (B × this many images a pass).
     baseline: what a mask's zeros show: a scalar or (3,) colour in [0, 1]; 0 is black.
@@ -93,7 +95,7 @@ def score_cam(model: nn.Module, variables, x: np.ndarray, labels: Optional[np.nd
   """
   if channels_per_pass < 1:
     raise ValueError(f"channels_per_pass must be ≥ 1, got {channels_per_pass}")
-  x = jnp.asarray(x, jnp.float32)
+  x = jnp.asarray(check_images(x, "x"))
   maps, logits = final_feature_maps(model, variables, x)
   if labels is None:
     classes = jnp.argmax(logits, axis=-1)
@@ -118,7 +120,7 @@ def heatmap_rows(x: np.ndarray, by_model: Mapping[str, np.ndarray]) -> list[Row]
   'ResNet-18', 'ResNet-18-SR'), drawn by `plotting.image_grid` with a colour map.
 
   Args:
-    x: (N, H, W, 3) clean images in [0, 1].
+    x: (N, H, W, 3) clean images in [0, 1] (or uint8; ValueError outside it).
     by_model: row label → heatmaps (N, H, W) in [0, 1] (`score_cam`); rows in its order.
 
   Returns:
@@ -127,7 +129,7 @@ def heatmap_rows(x: np.ndarray, by_model: Mapping[str, np.ndarray]) -> list[Row]
   Raises:
     ValueError: a heatmap array is not (N, H, W).
   """
-  x = np.asarray(x, np.float32)
+  x = check_images(x, "x")
   rows = [Row("x", x)]
   for label, heat in by_model.items():
     heat = np.asarray(heat, np.float32)

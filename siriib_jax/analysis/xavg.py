@@ -35,6 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from siriib_jax.attacks.threat_model import check_images
 from siriib_jax.evaluation import adaptive
 from siriib_jax.evaluation.batching import map_batches
 from siriib_jax.models.model_fn import outputs_fn
@@ -80,7 +81,8 @@ def x_avg(model: nn.Module, variables, images: np.ndarray, batch_size: int = 256
     model: a `models.Classifier` with SiRIIB (`model.siriib.enabled`) or a detached SR
       purifier.
     variables: its variables.
-    images: (N, H, W, 3) float in [0, 1] (clean or adversarial).
+    images: (N, H, W, 3) float in [0, 1] (clean or adversarial), or uint8
+      (`threat_model.check_images`: ValueError outside [0, 1] or not finite).
     batch_size: images per forward pass (the last batch padded: one compiled program).
 
   Returns:
@@ -89,7 +91,7 @@ def x_avg(model: nn.Module, variables, images: np.ndarray, batch_size: int = 256
   Raises:
     NoSiRIIBError (a ValueError): the model has no SiRIIB, hence no x_avg.
   """
-  images = np.asarray(images, np.float32)
+  images = check_images(images, "images")
   return map_batches(lambda batch: _x_avg(model, variables, batch), (images,), batch_size)
 
 
@@ -120,7 +122,7 @@ def view_difference(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def _check_like(name: str, array: np.ndarray, x: np.ndarray) -> np.ndarray:
-  array = np.asarray(array, np.float32)
+  array = check_images(array, name)
   if array.shape != x.shape:
     raise ValueError(f"{name} has shape {array.shape}, the clean images {x.shape}: every row "
                      "must show the same test images")
@@ -133,7 +135,7 @@ def adversarial_rows(x: np.ndarray, x_adv: np.ndarray, x_avg_adv: np.ndarray,
   through `view_difference`).
 
   Args:
-    x: (N, H, W, 3) clean images in [0, 1].
+    x: (N, H, W, 3) clean images in [0, 1] (or uint8; ValueError outside it).
     x_adv: (N, H, W, 3) their adversarial examples.
     x_avg_adv: (N, H, W, 3) x_avg of x_adv (`x_avg(model, variables, x_adv)`).
     attack: the attack's name for the labels (e.g. 'PGD-20'); '' for none.
@@ -144,7 +146,7 @@ def adversarial_rows(x: np.ndarray, x_adv: np.ndarray, x_avg_adv: np.ndarray,
   Raises:
     ValueError: the arrays' shapes differ.
   """
-  x = np.asarray(x, np.float32)
+  x = check_images(x, "x")
   x_adv, x_avg_adv = _check_like("x_adv", x_adv, x), _check_like("x_avg", x_avg_adv, x)
   tag = f" ({attack})" if attack else ""
   return [Row("x", x), Row(f"x_adv{tag}", x_adv), Row(f"x_avg(x_adv){tag}", x_avg_adv),
@@ -157,7 +159,7 @@ def attack_comparison_rows(x: np.ndarray,
   """Fig. 10's rows: x, then for each attack x_adv, x_avg(x_adv) and x_adv − x_avg.
 
   Args:
-    x: (N, H, W, 3) clean images in [0, 1].
+    x: (N, H, W, 3) clean images in [0, 1] (or uint8; ValueError outside it).
     by_attack: attack name (e.g. 'PGD-20', 'C&W-100') → (x_adv, x_avg(x_adv)), each
       (N, H, W, 3); rows follow its order.
 
@@ -169,7 +171,7 @@ def attack_comparison_rows(x: np.ndarray,
   """
   if not by_attack:
     raise ValueError("attack_comparison_rows needs at least one attack")
-  x = np.asarray(x, np.float32)
+  x = check_images(x, "x")
   rows = [Row("x", x)]
   for name, (x_adv, x_avg_adv) in by_attack.items():
     x_adv, x_avg_adv = _check_like("x_adv", x_adv, x), _check_like("x_avg", x_avg_adv, x)
@@ -183,7 +185,7 @@ def x_avg_rows(x: np.ndarray, by_label: Mapping[str, np.ndarray]) -> list[Row]:
   the clean x) and Fig. 11 (one adaptive attack per row, x_avg of its x_adv).
 
   Args:
-    x: (N, H, W, 3) clean images in [0, 1].
+    x: (N, H, W, 3) clean images in [0, 1] (or uint8; ValueError outside it).
     by_label: row label → x_avg (N, H, W, 3); rows follow its order.
 
   Returns:
@@ -194,7 +196,7 @@ def x_avg_rows(x: np.ndarray, by_label: Mapping[str, np.ndarray]) -> list[Row]:
   """
   if not by_label:
     raise ValueError("x_avg_rows needs at least one x_avg")
-  x = np.asarray(x, np.float32)
+  x = check_images(x, "x")
   return [Row("x", x)] + [Row(label, _check_like(label, images, x))
                           for label, images in by_label.items()]
 
@@ -207,7 +209,8 @@ def adaptive_examples(model: nn.Module, variables, x: np.ndarray, y: np.ndarray,
 
   Args:
     model, variables: a SiRIIB `models.Classifier` and its variables.
-    x: (N, H, W, 3) float in [0, 1]; y: (N,) int labels.
+    x: (N, H, W, 3) float in [0, 1] or uint8 (`threat_model.check_images`: ValueError
+      outside [0, 1] or not finite); y: (N,) int labels.
     key: the PRNG key (each loss uses this same key: one random start for all).
     eps, step_size: L∞ radius and step, in [0, 1] pixel units (the paper: 8/255, 2/255).
     steps: PGD steps (the paper: 20).
@@ -219,7 +222,7 @@ def adaptive_examples(model: nn.Module, variables, x: np.ndarray, y: np.ndarray,
   Raises:
     NoSiRIIBError: the model has no SiRIIB; ValueError: an unknown loss.
   """
-  x = np.asarray(x, np.float32)
+  x = check_images(x, "x")
   _x_avg(model, variables, x[:1])  # Raises NoSiRIIBError before any attack compiles.
   attack = jax.jit(adaptive.adaptive_pgd(eps, step_size, steps))
   fn = outputs_fn(model, variables)

@@ -19,7 +19,8 @@ Returned per example: the first successful iterate if there is one, else the poi
 highest loss. `restarts` runs from fresh random points keep the worst case
 (`gradients.worst_case`). With `eot_samples > 0` the model is stochastic, `logits_fn(x, key)`,
 and loss, gradient and logits are EOT averages (`gradients.bind_objective`); success then
-means the averaged logits misclassify.
+means the averaged logits misclassify. Non-finite gradient entries are 0
+(`gradients.finite_gradient`) and a success needs finite logits (`base.misclassified`).
 """
 
 from typing import List, NamedTuple, Union
@@ -28,7 +29,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from siriib_jax.attacks.base import Attack, AttackResult, Stepped, TargetedAttack
+from siriib_jax.attacks.base import (Attack, AttackResult, Stepped, TargetedAttack,
+                                     misclassified, reusable)
 from siriib_jax.attacks.gradients import (Candidate, Loss, bind_objective, loop_unroll,
                                           num_classes, random_start, run_key,
                                           value_logits_and_grad, worst_of_runs)
@@ -36,6 +38,7 @@ from siriib_jax.attacks.objectives import (DLR_REASON, DLR_TARGETED_REASON, FEW_
                                            cross_entropy, dlr, dlr_targeted, min_classes,
                                            require_classes)
 from siriib_jax.attacks.projections import NORMS, normalized_step, project
+from siriib_jax.attacks.threat_model import check_attack
 
 
 def checkpoints(steps: int) -> List[int]:
@@ -87,7 +90,7 @@ def _begin(objective, x, y, key, target, *, eps, norm, steps) -> ApgdState:
   return ApgdState(
       x=x0, x_prev=x0, loss=loss0, grad=grad0,
       x_best=x0, loss_best=loss0, grad_best=grad0,
-      x_success=x0, success=jnp.argmax(logits0, axis=-1) != y,
+      x_success=x0, success=misclassified(logits0, y),
       eta=jnp.full(y.shape, 2.0 * eps, x.dtype),
       increases=jnp.zeros(y.shape, jnp.float32),
       loss_best_at_check=loss0, halved_at_check=jnp.zeros(y.shape, bool),
@@ -114,7 +117,7 @@ def _advance(objective, x, y, key, state: ApgdState, start, stop, *, eps, norm, 
     x_new = project(s.x + a * (z - s.x) + (1 - a) * (s.x - s.x_prev), x, eps, norm)
     loss, logits, grad = value_logits_and_grad(objective, x_new,
                                                jax.random.fold_in(key_eot, i))
-    newly = (jnp.argmax(logits, axis=-1) != y) & ~s.success
+    newly = misclassified(logits, y) & ~s.success
     improved = loss > s.loss_best
     where = lambda c, u, v: jnp.where(expand(c) if u.ndim > 1 else c, u, v)
     s = s._replace(
@@ -171,6 +174,7 @@ def _check(norm, steps, restarts):
     raise ValueError(f"steps and restarts must be ≥ 1, got {steps} and {restarts}")
 
 
+@reusable
 def apgd(eps: float,
          norm: str = "linf",
          steps: int = 100,
@@ -202,6 +206,7 @@ def apgd(eps: float,
     ClassCountError: the logits have fewer classes than the loss's `min_classes` (APGD-DLR
       needs K ≥ 3), naming the attack and both counts.
   """
+  check_attack(eps, norm)
   _check(norm, steps, restarts)
   options = dict(eps=eps, norm=norm, steps=steps, rho=rho, momentum=momentum, unroll=unroll)
   required = min_classes(loss)
@@ -235,6 +240,7 @@ def apgd(eps: float,
   return attack
 
 
+@reusable
 def apgd_targeted(eps: float,
                   norm: str = "linf",
                   steps: int = 100,
@@ -258,6 +264,7 @@ def apgd_targeted(eps: float,
     ClassCountError: the logits have fewer than 4 classes (the targeted DLR loss reads the
       4th largest logit), naming apgd-t and the count.
   """
+  check_attack(eps, norm)
   _check(norm, steps, restarts)
   options = dict(eps=eps, norm=norm, steps=steps, rho=rho, momentum=momentum, unroll=unroll)
 

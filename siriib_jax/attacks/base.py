@@ -17,6 +17,7 @@ raises `objectives.ClassCountError` when traced on logits with fewer classes.
 """
 
 import dataclasses
+import functools
 from typing import Callable, NamedTuple, Optional, Protocol, Tuple
 
 import jax
@@ -24,6 +25,34 @@ import jax.numpy as jnp
 
 # Images (B, H, W, C) in [0, 1] → logits (B, num_classes).
 LogitsFn = Callable[[jnp.ndarray], jnp.ndarray]
+
+
+def reusable(factory: Callable) -> Callable:
+  """Memoises an attack factory on its arguments, so that building the same attack again
+  (a second evaluation in one process) returns the same `Attack`, whose jitted programs the
+  runner has compiled already (`runner._compiled`). Arguments that cannot be hashed (e.g.
+  arrays) build a new attack as without it."""
+  cached = functools.lru_cache(maxsize=256)(factory)
+
+  @functools.wraps(factory)
+  def build(*args, **kwargs):
+    try:
+      return cached(*args, **kwargs)
+    except TypeError as error:
+      if "unhashable" not in str(error):
+        raise
+      return factory(*args, **kwargs)
+
+  return build
+
+
+def misclassified(logits: jnp.ndarray, y: jnp.ndarray) -> jnp.ndarray:
+  """(B,) bool: the attack's success test on logits (B, K) and labels (B,):
+  `argmax logits ≠ y` where every logit of the point is finite, False where one is NaN or
+  ±inf (the argmax of NaN logits is class 0, which is no adversarial example). Every attack
+  and the host-side runner decide success with it."""
+  finite = jnp.all(jnp.isfinite(logits), axis=-1)
+  return finite & (jnp.argmax(logits, axis=-1) != y)
 
 
 def required_classes(attack) -> int:
@@ -51,7 +80,7 @@ class Attack(Protocol):
 class Stepped:
   """The runs of an iterative attack, as pieces a host-side runner can run in segments of
   iterations, leaving out between two segments the points already broken
-  (`autoattack.attack_points`). A point's result is its first successful iterate once it
+  (`runner.attack_points`). A point's result is its first successful iterate once it
   has one, so its later iterations change nothing; every iteration draws its randomness
   from the run's key and its own number, so the segments give the result of one loop.
 
@@ -122,7 +151,7 @@ class QueryAttack:
 
   Calling the object runs every restart to the end (`all_queries`). The pieces let a
   host-side runner run the same iterations in segments, each on the points still to attack
-  (`autoattack.attack_points`); every iteration of a point draws its randomness from its
+  (`runner.attack_points`); every iteration of a point draws its randomness from its
   own key and iteration number, so the segments give the result of one loop.
 
   Attributes:

@@ -29,8 +29,11 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from siriib_jax.attacks.base import AttackResult, LogitsFn, TargetedAttack
+from siriib_jax.attacks.base import (AttackResult, LogitsFn, TargetedAttack, misclassified,
+                                     reusable)
+from siriib_jax.attacks.gradients import finite_gradient
 from siriib_jax.attacks.projections import NORMS, per_example_norm
+from siriib_jax.attacks.threat_model import check_attack
 
 
 def hyperplane_box_step(p: jnp.ndarray, w: jnp.ndarray, r: jnp.ndarray, norm: str,
@@ -112,6 +115,7 @@ def _random_start(key: jax.Array, x: jnp.ndarray, radius: float, norm: str) -> j
   return jnp.clip(x + scale.reshape((-1,) + (1,) * (x.ndim - 1)) * t, 0.0, 1.0)
 
 
+@reusable
 def fab_targeted(eps: float, norm: str = "linf", steps: int = 100, restarts: int = 1,
                  n_target_classes: int = 9, alpha_max: float = 0.1, eta: float = 1.05,
                  beta: float = 0.9) -> TargetedAttack:
@@ -131,10 +135,12 @@ def fab_targeted(eps: float, norm: str = "linf", steps: int = 100, restarts: int
 
   Returns:
     A `TargetedAttack`; its `x_adv` is x where no adversarial within ε was found, and
-    `success` is `argmax logits_fn(x_adv) ≠ y`. `single_target(…, rank)` makes the
+    `success` is `base.misclassified(logits_fn(x_adv), y)` (finite logits, argmax ≠ y);
+    non-finite entries of the boundary's gradient count as 0. `single_target(…, rank)` makes the
     `restarts` runs against the class ranked `rank` + 1 alone (the same runs, keys included,
     as in the call over all targets); a rank outside 1 … K − 1 attacks nothing (x_adv = x).
   """
+  check_attack(eps, norm)
   if norm not in NORMS:
     raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
 
@@ -145,7 +151,7 @@ def fab_targeted(eps: float, norm: str = "linf", steps: int = 100, restarts: int
     clean_logits = logits_fn(x)
     num_classes = clean_logits.shape[-1]
     ranked = jnp.argsort(-clean_logits, axis=-1)
-    clean_wrong = jnp.argmax(clean_logits, axis=-1) != y
+    clean_wrong = misclassified(clean_logits, y)
     x0 = x.reshape(batch, -1)
     y_hot = jax.nn.one_hot(y, num_classes, dtype=clean_logits.dtype)
 
@@ -155,8 +161,9 @@ def fab_targeted(eps: float, norm: str = "linf", steps: int = 100, restarts: int
       direction = target_hot - y_hot
       f = jnp.sum(logits * direction, axis=-1)
       (w,) = vjp(direction)
+      w = finite_gradient(w)  # Non-finite entries count as 0, as in every gradient attack.
       x1 = _boundary_step(x1, x0, w, f, norm, alpha_max, eta)
-      is_adv = jnp.argmax(logits_fn(x1.reshape(x.shape)), axis=-1) != y
+      is_adv = misclassified(logits_fn(x1.reshape(x.shape)), y)
       dist = per_example_norm(x1 - x0, norm)
       better = is_adv & (dist < best_norm)
       best_adv = jnp.where(better[:, None], x1, best_adv)
@@ -185,7 +192,7 @@ def fab_targeted(eps: float, norm: str = "linf", steps: int = 100, restarts: int
     best_adv, best_norm = lax.fori_loop(
         start, end, run, (x0, jnp.full((batch,), jnp.inf, x0.dtype)))
     x_adv = jnp.where((best_norm <= eps)[:, None], best_adv, x0).reshape(x.shape)
-    success = jnp.argmax(logits_fn(x_adv), axis=-1) != y
+    success = misclassified(logits_fn(x_adv), y)
     return AttackResult(x_adv, success)
 
   def all_targets(logits_fn, x, y, key):

@@ -76,11 +76,32 @@ def num_classes(logits_fn: Callable, x: jnp.ndarray, eot_samples: int = 0) -> in
   return int(jax.eval_shape(logits_fn, *args).shape[-1])
 
 
+def finite_gradient(grad: jnp.ndarray) -> jnp.ndarray:
+  """`grad` (B, ...) with every NaN or ±inf entry replaced by 0.
+
+  A model can have finite logits and a non-finite input gradient (a `jnp.where` or `sqrt`
+  branch whose value is 0 but whose derivative is not finite). Every gradient step of the
+  attacks (PGD, FGSM, C&W, APGD, APGD-T, FAB-T, the adaptive attacks, training's inner
+  attack) reads the gradient through this function, so a non-finite entry moves its pixel
+  by 0 instead of turning x_adv into NaN (and, under L2, the whole image through the
+  normalisation); the other entries still give the step's direction.
+  `evaluation.robustness` counts the points whose gradient at the clean image has such
+  entries (`meta.nonfinite_gradient_points`).
+  """
+  return jnp.where(jnp.isfinite(grad), grad, jnp.zeros_like(grad))
+
+
+def nonfinite_gradient(grad: jnp.ndarray) -> jnp.ndarray:
+  """(B,) bool: the point's gradient `grad` (B, ...) has a NaN or ±inf entry."""
+  return ~jnp.all(jnp.isfinite(grad.reshape(grad.shape[0], -1)), axis=1)
+
+
 def value_logits_and_grad(objective, x_adv: jnp.ndarray, key: jax.Array):
-  """`(loss (B,), logits (B, K), ∇ₓ Σ loss (B, H, W, C))` from one forward and backward."""
+  """`(loss (B,), logits (B, K), ∇ₓ Σ loss (B, H, W, C))` from one forward and backward;
+  non-finite gradient entries are 0 (`finite_gradient`)."""
   (value, logits), vjp = jax.vjp(lambda x: objective(x, key), x_adv)
   grad, = vjp((jnp.ones_like(value), jnp.zeros_like(logits)))
-  return value, logits, grad
+  return value, logits, finite_gradient(grad)
 
 
 def random_start(key: jax.Array, x: jnp.ndarray, eps: float, norm: str) -> jnp.ndarray:

@@ -36,7 +36,12 @@ def project(x_adv: jnp.ndarray, x: jnp.ndarray, eps: float, norm: str) -> jnp.nd
 
 
 def normalized_step(grad: jnp.ndarray, norm: str) -> jnp.ndarray:
-  """The steepest-ascent direction of unit norm: `sign(g)` for L∞, `g / ‖g‖₂` for L2."""
+  """The steepest-ascent direction of unit norm: `sign(g)` for L∞, `g / ‖g‖₂` for L2.
+
+  Non-finite entries of `grad` count as 0, so that under L2 one NaN entry does not make
+  the norm, and with it every entry of the step, NaN (a zero gradient gives a zero step).
+  """
+  grad = jnp.where(jnp.isfinite(grad), grad, jnp.zeros_like(grad))
   if norm == "linf":
     return jnp.sign(grad)
   if norm == "l2":

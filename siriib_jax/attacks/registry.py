@@ -16,6 +16,8 @@ from siriib_jax.attacks.fab import fab_targeted
 from siriib_jax.attacks.objectives import cross_entropy, cw_margin, dlr
 from siriib_jax.attacks.pgd import fgsm, pgd
 from siriib_jax.attacks.square import square
+from siriib_jax.attacks.threat_model import check_attack
+from siriib_jax.config_errors import ConfigError
 from siriib_jax.registry import Registry
 
 # Factories `(eps, norm, **kwargs) -> Attack | AutoAttack` of the names without a step count.
@@ -65,7 +67,7 @@ def parse_attack_name(name: str) -> AttackName:
   if match:
     family, steps = match[1], int(match[2])
     if steps < 1:
-      raise ValueError(f"attack {name!r}: the step count must be ≥ 1")
+      raise ConfigError(f"attack {name!r}: the step count N of pgd<N> / cw<N> must be ≥ 1")
     return AttackName(name, family, steps, f"{_FAMILY_LABELS[family]}-{steps}")
   ATTACKS.lookup(name, extra="pgd<N>, cw<N>")
   return AttackName(name, re.match(r"[a-z]+", name)[0], None, _LABELS[name])
@@ -85,7 +87,10 @@ def get_attack(name: str, eps: float, norm: str = "linf", **kwargs):
     A jittable `Attack`, or an `AutoAttack` (host-side ensemble) for `autoattack*`.
   Raises:
     ConfigError (a ValueError) naming the known attacks if `name` is not one.
+    ValueError naming `eps` or `step_size`: negative, not finite, or above 1 under L∞
+      (8 for 8/255; `threat_model.check_attack`).
   """
+  check_attack(eps, norm, kwargs.get("step_size"))
   parsed = parse_attack_name(name)
   if parsed.steps is not None:
     kwargs.setdefault("step_size", eps / 4)

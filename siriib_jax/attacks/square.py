@@ -45,9 +45,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from siriib_jax.attacks.base import AttackResult, LogitsFn, QueryAttack, SearchState
+from siriib_jax.attacks.base import (AttackResult, LogitsFn, QueryAttack, SearchState,
+                                     misclassified, reusable)
 from siriib_jax.attacks.objectives import cw_margin
 from siriib_jax.attacks.projections import NORMS, per_example_norm
+from siriib_jax.attacks.threat_model import check_attack
 
 # Iterations (of 10 000) after which p is halved, as in the reference code.
 _HALVING_ITERATIONS = np.array([10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000])
@@ -297,6 +299,7 @@ def _advance(logits_fn: LogitsFn, x: jnp.ndarray, y: jnp.ndarray, key_run: jax.A
   return SearchState(x_best, margin, nan)
 
 
+@reusable
 def square(eps: float, norm: str = "linf", queries: int = 5000, p_init: float = 0.8,
            restarts: int = 1) -> QueryAttack:
   """Square Attack as run by AutoAttack (standard: 5000 queries, p_init 0.8, 1 restart).
@@ -312,16 +315,17 @@ def square(eps: float, norm: str = "linf", queries: int = 5000, p_init: float = 
 
   Returns:
     A `base.QueryAttack`: an `Attack` whose query loop can also run in segments, each on
-    the points still to attack (as the evaluation runs it: `autoattack.attack_points`).
+    the points still to attack (as the evaluation runs it: `runner.attack_points`).
     On images x (B, H, W, C) of any height and width ≥ 1, `x_adv` is the
     lowest-margin point found (x itself for points already misclassified), and `success` is
-    `argmax logits_fn(x_adv) ≠ y`.
+    `base.misclassified(logits_fn(x_adv), y)` (finite logits, argmax ≠ y).
 
   Raises:
     ValueError: an unknown `norm`, or queries, restarts < 1, or p_init outside (0, 1].
     FloatingPointError (inside the `JaxRuntimeError` that reading the result raises): a
       margin was NaN, i.e. the model returned NaN logits on x or on a proposal.
   """
+  check_attack(eps, norm)
   if norm not in NORMS:
     raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
   if queries < 1 or restarts < 1:
@@ -358,7 +362,7 @@ def square(eps: float, norm: str = "linf", queries: int = 5000, p_init: float = 
     margin = _margin(logits_fn, x, y)
     x_adv, _, nan = lax.fori_loop(0, restarts, restart, (x, margin, jnp.isnan(margin)))
     jax.debug.callback(_raise_if_nan, nan)
-    success = jnp.argmax(logits_fn(x_adv), axis=-1) != y
+    success = misclassified(logits_fn(x_adv), y)
     return AttackResult(x_adv, success)
 
   return QueryAttack(attack, _margin, begin, advance, queries, restarts)

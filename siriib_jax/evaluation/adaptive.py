@@ -20,6 +20,7 @@ import jax.numpy as jnp
 
 from siriib_jax.attacks import AttackResult, ImageLoss, pgd
 from siriib_jax.attacks.objectives import cross_entropy
+from siriib_jax.attacks.threat_model import check_attack
 from siriib_jax.losses import info_loss, svd_loss
 
 TERMS = ("ce", "svd", "info")
@@ -65,8 +66,12 @@ def adaptive_pgd(eps: float, step_size: float, steps: int, norm: str = "linf",
 
   Returns:
     `attack(target: Target, x (B, H, W, 3), y (B,), key) -> AttackResult`; jittable. A
-    zero weight still computes its term (one program for every loss).
+    zero weight still computes its term (one program for every loss). As `attacks.pgd`
+    for evaluation: a point is broken when any iterate is misclassified (finite logits),
+    and that first iterate is returned; non-finite gradient entries (e.g. through the
+    SVD's derivative) step as 0.
   """
+  check_attack(eps, norm, step_size)
 
   def attack(target: Target, x, y, key) -> AttackResult:
     outputs_fn, weights = target

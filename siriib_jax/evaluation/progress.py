@@ -2,7 +2,7 @@
 done, the points still robust, the elapsed time and an ETA, as absl log lines during the
 run and, when a clu `MetricWriter` is given, as scalars.
 
-The attacks report a `attacks.autoattack.Progress` after each chunk of points (and each
+The attacks report a `attacks.runner.Progress` after each chunk of points (and each
 segment of Square's queries); `ProgressLog.attack(name)` turns those into
 
     robustness pgd20: 512/1000 points done, 301 still robust, <t> s elapsed, ETA <t> s
@@ -25,7 +25,7 @@ from typing import Callable, Optional
 
 from absl import logging
 
-from siriib_jax.attacks.autoattack import Progress
+from siriib_jax.attacks.runner import Progress
 
 PREFIX = "robustness"
 

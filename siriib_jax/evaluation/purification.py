@@ -33,7 +33,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from siriib_jax import parallel
+from siriib_jax import markdown, parallel
+from siriib_jax.attacks.gradients import num_classes
+from siriib_jax.attacks.threat_model import check_images
 from siriib_jax.evaluation.attack_specs import build_attack, parse_spec
 from siriib_jax.evaluation.batching import (attack_key, evaluation_mesh, map_batches, predict,
                                             run_attack)
@@ -119,11 +121,11 @@ def purify_images(model, variables, images: np.ndarray, batch_size: int = 256,
   in `batching.predict`): (N, H, W, 3) float32 in (0, 1).
 
   Raises:
-    ValueError: the model or the variables have no SR purifier.
+    ValueError: the model or the variables have no SR purifier, or `images` are not finite
+      or not in [0, 1] (`threat_model.check_images`).
   """
   _check_purifier(model, variables)
-  x = np.asarray(images)
-  x = x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x.astype(np.float32)
+  x = check_images(images, "images")
   fn = jax.tree_util.Partial(_XAvgFn(model), variables)
   return map_batches(functools.partial(_apply, fn), (x,), batch_size, mesh)
 
@@ -159,18 +161,20 @@ def purification_table(model, variables, evaluation: ml_collections.ConfigDict,
 
   Returns:
     A plain dict (JSON-serialisable): `table` ("Table 8"), `caption`, `num_points`, `seed`,
-    `selection`, `class_counts`; `clean`: {`accuracy_x`, `accuracy_x_avg`, `correct_x`,
-    `correct_x_avg`}; `attacks`: per attack, in order, {`name`, `label`, `norm`, `eps`,
-    `step_size`, `accuracy_adv` (backbone on x_adv), `accuracy_purified` (backbone on
-    x_avg(x_adv)), `robust_accuracy` (the attack's own verdict: correct on x, not
-    broken), `correct_adv`, `correct_purified`, `recovered` (points correct on x and
-    wrong on x_adv that x_avg(x_adv) puts right), `lost` (correct on x_adv, wrong on
-    x_avg(x_adv)), `mean_linf_change` (mean over points of max |x_avg(x_adv) − x_adv|),
-    `seconds`}. Accuracies in [0, 1].
+    `selection`, `class_counts` (one per class of the backbone); `clean`: {`accuracy_x`,
+    `accuracy_x_avg`, `correct_x`, `correct_x_avg`}; `attacks`: per attack, in order,
+    {`name`, `label`, `norm`, `eps`, `step_size`, `accuracy_adv` (backbone on x_adv),
+    `accuracy_purified` (backbone on x_avg(x_adv)), `robust_accuracy` (the attack's own
+    verdict: correct on x, not broken), `correct_adv`, `correct_purified`, `recovered`
+    (points correct on x and wrong on x_adv that x_avg(x_adv) puts right), `lost` (correct
+    on x_adv, wrong on x_avg(x_adv)), `mean_linf_change` (mean over points of
+    max |x_avg(x_adv) − x_adv|), `seconds`}. Accuracies in [0, 1].
   Raises:
     ValueError: the model or variables have no SR purifier, or `clean` / `adaptive` is
-      among `attacks`.
-    ConfigError: an unknown attack name.
+      among `attacks`, or given images not finite or not in [0, 1]
+      (`threat_model.check_images`).
+    ConfigError: an unknown attack name, or a radius or step size of its threat model
+      outside [0, 1] pixel units (8 for 8/255).
   """
   _check_purifier(model, variables)
   bad = [name for name in attacks if name in ("clean", "adaptive")]
@@ -211,7 +215,8 @@ def purification_table(model, variables, evaluation: ml_collections.ConfigDict,
   return {
       "table": "Table 8", "caption": TABLE8_CAPTION, "num_points": int(len(y)),
       "seed": int(evaluation.seed), "selection": _selection(data, evaluation, subset_size),
-      "class_counts": np.bincount(y).tolist() if len(y) else [],
+      # One count per class of the backbone (K: its logits' last dimension).
+      "class_counts": np.bincount(y, minlength=num_classes(backbone_fn, x[:1])).tolist(),
       "clean": {"accuracy_x": float(np.mean(clean_correct)),
                 "accuracy_x_avg": float(np.mean(purified_clean)),
                 "correct_x": int(clean_correct.sum()),
@@ -230,14 +235,14 @@ def to_markdown(table: dict, heading: Optional[str] = "###") -> str:
   caller that writes its own), a line on how it was computed, and per attack the points
   x_avg recovers and loses. Accuracies in %."""
   attacks = table["attacks"]
-  header = "| Input | Clean Accuracy | " + " | ".join(r["label"] for r in attacks) + " |"
-  rule = "|---" * (2 + len(attacks)) + "|"
-  first = ("| x or x_adv | " + _percent(table["clean"]["accuracy_x"]) + " | " +
-           " | ".join(_percent(r["accuracy_adv"]) for r in attacks) + " |")
-  second = ("| x_avg | " + _percent(table["clean"]["accuracy_x_avg"]) + " | " +
-            " | ".join(_percent(r["accuracy_purified"]) for r in attacks) + " |")
+  main = markdown.table(
+      ["Input", "Clean Accuracy"] + [r["label"] for r in attacks],
+      [["x or x_adv", _percent(table["clean"]["accuracy_x"])]
+       + [_percent(r["accuracy_adv"]) for r in attacks],
+       ["x_avg", _percent(table["clean"]["accuracy_x_avg"])]
+       + [_percent(r["accuracy_purified"]) for r in attacks]])
   lines = [f"{heading} {table['caption']}", ""] if heading is not None else []
-  lines += [header, rule, first, second, "",
+  lines += [main, "",
            f"{table['num_points']} test points ({table['selection']}). x_adv is generated "
            f"against the backbone alone (grey-box: the attacker does not know the SR "
            f"blocks); x_avg is the separately trained SR purifier's output on x (clean "
@@ -245,8 +250,9 @@ def to_markdown(table: dict, heading: Optional[str] = "###") -> str:
            f"Only points the backbone classifies correctly are attacked (x_adv = x on "
            f"its clean errors)."]
   if attacks:
-    lines += ["", "| attack | robust (attack's verdict) | recovered by x_avg | lost by x_avg "
-              "| mean max abs(x_avg − x_adv) |", "|---|---|---|---|---|"]
-    lines += [f"| {r['label']} | {_percent(r['robust_accuracy'])} % | {r['recovered']} | "
-              f"{r['lost']} | {r['mean_linf_change']:.4f} |" for r in attacks]
+    lines += ["", markdown.table(
+        ["attack", "robust (attack's verdict)", "recovered by x_avg", "lost by x_avg",
+         "mean max abs(x_avg − x_adv)"],
+        [[r["label"], f"{_percent(r['robust_accuracy'])} %", r["recovered"], r["lost"],
+          f"{r['mean_linf_change']:.4f}"] for r in attacks])]
   return "\n".join(lines) + "\n"

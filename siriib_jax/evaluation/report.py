@@ -6,6 +6,7 @@ import json
 import os
 from typing import Optional
 
+from siriib_jax import markdown
 from siriib_jax.evaluation.checklist import CheckItem
 
 JSON_NAME = "robustness.json"
@@ -83,28 +84,30 @@ def to_markdown(report: Report) -> str:
   lines = [f"# Robustness: {meta.get('model', 'model')}", "",
            f"{meta['num_points']} test points ({meta['selection']}), seed {meta['seed']}"
            + (f", checkpoint {meta['checkpoint']} (step {meta['step']})"
-              if meta.get("checkpoint") else "") + ".", "",
-           "| attack | norm | ε | steps | accuracy (%) | robust / total | seconds |",
-           "|---|---|---|---|---|---|---|"]
-  for row in (r for r in report.rows if r.group in ("clean", "linf", "l2")):
-    lines.append(f"| {row.label} | {row.norm or '—'} | {_eps(row)} | {row.steps or '—'} | "
-                 f"{100 * row.accuracy:.2f} | {row.robust} / {row.total} | "
-                 f"{row.seconds:.1f} |")
+              if meta.get("checkpoint") else "") + "."]
+  if meta.get("nonfinite_gradient_points"):
+    lines += ["", f"{meta['nonfinite_gradient_points']} of {meta['num_points']} points have a "
+              "NaN or inf entry in the model's input gradient at the clean image; the gradient "
+              "attacks step with those entries set to 0 (docs/evaluation.md)."]
+  lines += ["", markdown.table(
+      ["attack", "norm", "ε", "steps", "accuracy (%)", "robust / total", "seconds"],
+      [[row.label, row.norm or "—", _eps(row), row.steps or "—", f"{100 * row.accuracy:.2f}",
+        f"{row.robust} / {row.total}", f"{row.seconds:.1f}"]
+       for row in report.rows if row.group in ("clean", "linf", "l2")])]
   adaptive = [r for r in report.rows if r.group == "adaptive"]
   if adaptive:
-    lines += ["", "## Adaptive attacks (PGD-20, paper Table 4)", "",
-              "| loss | accuracy (%) | robust / total |", "|---|---|---|"]
-    lines += [f"| {r.label} | {100 * r.accuracy:.2f} | {r.robust} / {r.total} |"
-              for r in adaptive]
+    lines += ["", "## Adaptive attacks (PGD-20, paper Table 4)", "", markdown.table(
+        ["loss", "accuracy (%)", "robust / total"],
+        [[r.label, f"{100 * r.accuracy:.2f}", f"{r.robust} / {r.total}"] for r in adaptive])]
   for name, cascade in report.autoattack.items():
-    lines += ["", f"## AutoAttack cascade ({name})", "",
-              "| component | attacked | broken | accuracy after (%) | seconds |",
-              "|---|---|---|---|---|"]
-    lines += [f"| {c} | {v['attacked']} | {v['broken']} | {100 * v['accuracy_after']:.2f} | "
-              f"{v['seconds']:.1f} |" for c, v in cascade.items()]
+    lines += ["", f"## AutoAttack cascade ({name})", "", markdown.table(
+        ["component", "attacked", "broken", "accuracy after (%)", "seconds"],
+        [[c, v["attacked"], v["broken"], f"{100 * v['accuracy_after']:.2f}",
+          f"{v['seconds']:.1f}"] for c, v in cascade.items()])]
   lines += ["", "## Gradient-masking checklist: " + ("pass" if report.passed else "**FAIL**"),
-            "", "| check | result | details |", "|---|---|---|"]
-  lines += [f"| {c.name} | {_status(c.passed)} | {c.details} |" for c in report.checklist]
+            "", markdown.table(["check", "result", "details"],
+                               [[c.name, _status(c.passed), c.details]
+                                for c in report.checklist])]
   return "\n".join(lines) + "\n"
 
 

@@ -9,7 +9,7 @@ progress (`progress.ProgressLog`) and, with `evaluation.save_examples`, leaves i
 predictions and flags in `<directory>/<attack>.npz` (`save_examples`).
 
 With several hosts each evaluates its share of the points (`load_share`), every point keyed
-by its global index, and the per-point results are gathered (`batching.gather_points`)
+by its global index, and the per-point results are gathered (`hosts.gather_points`)
 before anything is counted: the report is the one-host report, on every host, and only
 process 0 writes files.
 """
@@ -18,7 +18,10 @@ import os
 import re
 from typing import Optional, Sequence, Union
 
+import functools
+
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -27,13 +30,18 @@ from siriib_jax.evaluation import adaptive as adaptive_lib
 from siriib_jax.evaluation.checklist import run_checklist
 from siriib_jax.evaluation.report import Report, Row, to_markdown, write_report
 from siriib_jax import parallel
-from siriib_jax.evaluation.batching import (Hosts, Outcome, Share, attack_key, current_hosts,
-                                            evaluation_mesh, gather_max, gather_points,
-                                            predict, run_attack, select_points, select_share,
-                                            share_index)
+from siriib_jax.evaluation.batching import (Outcome, attack_key, evaluation_mesh, map_batches,
+                                            predict, run_attack, select_points)
+from siriib_jax.evaluation.hosts import (Hosts, Share, current_hosts, gather_max, gather_points,
+                                         select_share, share_index)
 from siriib_jax.attacks.autoattack import ComponentResult
+from siriib_jax.attacks.threat_model import check_images
+from siriib_jax.attacks.gradients import nonfinite_gradient
+from siriib_jax.attacks.objectives import cross_entropy
 from siriib_jax.evaluation.progress import ProgressLog
-from siriib_jax.evaluation.attack_specs import AttackSpec, build_attack, parse_spec
+from siriib_jax.evaluation.attack_specs import (SPECIAL_NAMES, AttackSpec, build_attack,
+                                                checklist_spec, parse_spec,
+                                                validate_threat_models)
 from siriib_jax.models.model_fn import logits_fn, outputs_fn
 
 Points = Union[InputPipeline, tuple[np.ndarray, np.ndarray]]
@@ -49,7 +57,7 @@ def load_points(data: Points, evaluation: ml_collections.ConfigDict,
     size = evaluation.subset_size if subset_size is None else subset_size
     images, labels = select_points(data, size, evaluation.seed)
   else:
-    images, labels = data
+    images, labels = check_images(data[0], "data's images"), data[1]
   return _as_float(images, labels)
 
 
@@ -65,9 +73,9 @@ def load_share(data: Points, evaluation: ml_collections.ConfigDict,
   """This host's share of the points of `load_points`, with their global indices.
 
   An `InputPipeline`'s share is what its `eval_batches` gives this host
-  (`batching.select_share`); given `(images, labels)`, the same on every host, are shared
+  (`hosts.select_share`); given `(images, labels)`, the same on every host, are shared
   out in the same layout with a global batch of `evaluation.batch_size` rounded down to a
-  multiple of the host count (`batching.share_index`). On one host: every point, index
+  multiple of the host count (`hosts.share_index`). On one host: every point, index
   0 … N − 1.
 
   Returns:
@@ -79,7 +87,7 @@ def load_share(data: Points, evaluation: ml_collections.ConfigDict,
     size = evaluation.subset_size if subset_size is None else subset_size
     share = select_share(data, size, evaluation.seed)
     return Share(*_as_float(share.images, share.labels), share.index, share.total)
-  images, labels = data
+  images, labels = check_images(data[0], "data's images"), data[1]  # Whole, on every host.
   total = len(labels)
   if hosts.count == 1:
     index = np.arange(total)
@@ -129,7 +137,8 @@ def save_examples(path: str, outcome: Outcome, fn, y: np.ndarray,
   * `x_adv`: (N, H, W, C) float32 in [0, 1], the attack's point (x itself where it did not
     run: clean errors; for AutoAttack also the points no component broke);
   * `clean_prediction`, `adversarial_prediction`: (N,) int64, the model's classes on x and
-    on x_adv (`predict`, in batches of `batch_size`);
+    on x_adv (`predict`, in batches of `batch_size`; `batching.NO_PREDICTION`, −1, where a
+    logit is not finite: never a correct class, and never counted as an attack's success);
   * `robust`: (N,) bool, classified correctly at x and not broken by the attack (the
     report's robust accuracy is its mean);
   * `label`: (N,) int32; `index`: (N,) int64, the point's position among the evaluated
@@ -152,6 +161,15 @@ def save_examples(path: str, outcome: Outcome, fn, y: np.ndarray,
            label=y, index=np.arange(len(y)))
 
 
+@jax.jit
+def _nonfinite_gradient(fn, x, y):
+  """(B,) bool: the cross-entropy's input gradient at the clean x (B, H, W, C) has a NaN or
+  ±inf entry (`gradients.nonfinite_gradient`), counted in the report's
+  `meta.nonfinite_gradient_points`."""
+  grad = jax.grad(lambda v: jnp.sum(cross_entropy(fn(v).astype(jnp.float32), y)))(x)
+  return nonfinite_gradient(grad)
+
+
 def _selection(data: Points, evaluation, subset_size: Optional[int]) -> str:
   if not isinstance(data, InputPipeline):
     return "given points"
@@ -172,8 +190,8 @@ def evaluate_robustness(model, variables, config: ml_collections.ConfigDict, dat
       `ModelOutput` (x in [0, 1], NHWC).
     variables: its variables (`{'params', 'batch_stats'}`).
     config: the experiment config; reads `config.evaluation`.
-    data: an `InputPipeline` (its test split) or `(images (N, H, W, C), labels (N,))`
-      (with several hosts, the same on every host).
+    data: an `InputPipeline` (its test split) or `(images (N, H, W, C), labels (N,))`,
+      the images uint8 or float in [0, 1] (with several hosts, the same on every host).
     attacks: names (see `attack_specs`; `clean`, `adaptive`), default `evaluation.attacks`.
     subset_size: for an `InputPipeline`, overrides `evaluation.subset_size` (0 = all).
     directory: if given, `robustness.json` / `.md` are written there and the table
@@ -189,19 +207,29 @@ def evaluate_robustness(model, variables, config: ml_collections.ConfigDict, dat
     only_robust: False attacks every point (each target, query and AutoAttack component
       included), for checking that the default — only the points still robust — gives the
       same robust flags.
-    hosts: the processes (default `batching.current_hosts()`). With several, each
+    hosts: the processes (default `hosts.current_hosts()`). With several, each
       evaluates its share (`load_share`) with every point keyed by its global index, and
       the per-point results (robust flags, predictions, AutoAttack's per-component flags;
       x_adv only with `save_examples`) are gathered before the report is built: every
       host returns the report one host would, and times are the slowest host's.
 
   Returns:
-    The `Report`.
+    The `Report`; `meta.class_counts` has one count per class of the model's logits.
+  Raises:
+    ValueError: given images that are not finite or not in [0, 1] (0–255 floats, or
+      normalised outside the model: `threat_model.check_images`), or (ConfigError) a
+      radius or step size of `config.evaluation` outside [0, 1] pixel units (8 for 8/255:
+      `attack_specs.validate_threat_models`), or (ConfigError) a name of `attacks` the
+      evaluation cannot run (`attack_specs.parse_spec`), before anything is compiled.
   """
   evaluation = config.evaluation
   attacks = tuple(evaluation.attacks if attacks is None else attacks)
   hosts = current_hosts() if hosts is None else hosts
   x, y, index, total = load_share(data, evaluation, subset_size, hosts)
+  validate_threat_models(evaluation, x.shape[1:])  # ε in pixel units, before any compile.
+  # Every name parsed (`attack_specs.EXECUTION`) before the first attack runs.
+  specs = {name: parse_spec(name, evaluation) for name in attacks if name not in SPECIAL_NAMES}
+  large_eps_spec = checklist_spec(evaluation)
   several, writes = hosts.count > 1, directory is not None and hosts.index == 0
   gather = lambda tree: gather_points(tree, index, total, hosts)
   mesh = evaluation_mesh(mesh)
@@ -211,6 +239,8 @@ def evaluate_robustness(model, variables, config: ml_collections.ConfigDict, dat
   local_prediction = predict(fn, x, batch_size, mesh)
   local_correct = local_prediction == y
   clean_prediction, labels = gather((local_prediction, y))
+  nonfinite = gather(map_batches(functools.partial(_nonfinite_gradient, fn), (x, y),
+                                 batch_size, mesh))
   clean_correct = clean_prediction == labels
   rows, cascades = [], {}
   log = ProgressLog(writer, f"host {hosts.index + 1}/{hosts.count}" if several else "")
@@ -248,7 +278,7 @@ def evaluate_robustness(model, variables, config: ml_collections.ConfigDict, dat
     if name == "clean":
       rows.append(_row("clean", "clean", "clean", "Clean", "clean", None, clean_correct, 0.0))
     elif name != "adaptive":
-      spec = parse_spec(name, evaluation)
+      spec = specs[name]
       attack_row(spec.norm, name, spec.attack, spec.label, spec.family, spec,
                  build_attack(spec, evaluation), fn)
   if "adaptive" in attacks and has_siriib(model, variables, x):
@@ -261,15 +291,18 @@ def evaluate_robustness(model, variables, config: ml_collections.ConfigDict, dat
                                    adaptive_lib.loss_weights(loss))
       attack_row("adaptive", f"adaptive:{loss}", loss, adaptive_lib.loss_label(loss),
                  "adaptive", spec, attack, target)
-  checks = evaluation.checklist
-  if checks.large_eps > 0:
-    spec = AttackSpec(checks.large_eps_attack, "linf", checks.large_eps, checks.large_eps / 4)
+  if large_eps_spec is not None:
+    spec = large_eps_spec
     attack_row("checklist", f"large-eps-{spec.attack}", spec.attack, spec.label, spec.family,
                spec, build_attack(spec, evaluation), fn)
 
   report_meta = {"num_points": int(total), "seed": int(evaluation.seed),
                  "selection": _selection(data, evaluation, subset_size),
-                 "class_counts": np.bincount(labels).tolist(),
+                 # One count per class of the model (K: its logits' last dimension).
+                 "class_counts": np.bincount(
+                     labels, minlength=jax.eval_shape(fn, x[:1]).shape[-1]).tolist(),
+                 # The gradient attacks step with these entries as 0 (`finite_gradient`).
+                 "nonfinite_gradient_points": int(nonfinite.sum()),
                  # What ran: `attacks` and `subset_size` override the config's defaults.
                  "evaluation": {**evaluation.to_dict(), "attacks": list(attacks),
                                 "subset_size": int(evaluation.subset_size if subset_size is None

@@ -13,7 +13,7 @@ of `grid_attacks` the attack, its swap `-S` and `D = (-S) − attack`).
 
 With several hosts each attacks and swaps its share of the points, every point keyed by its
 global index; the per-point verdicts (and, for Fig. 2, the first `grid_images` points) are
-gathered (`batching.gather_points`), so every host computes the one-host summary, and only
+gathered (`hosts.gather_points`), so every host computes the one-host summary, and only
 process 0 writes the files.
 """
 
@@ -25,11 +25,12 @@ import jax
 import ml_collections
 import numpy as np
 
-from siriib_jax import parallel, plotting
+from siriib_jax import markdown, parallel, plotting
 from siriib_jax.evaluation.robustness import Points, load_share
-from siriib_jax.evaluation.batching import (Hosts, attack_key, current_hosts, map_batches,
-                                            gather_points, predict, run_attack)
-from siriib_jax.evaluation.attack_specs import build_attack, parse_spec
+from siriib_jax.evaluation.batching import attack_key, map_batches, predict, run_attack
+from siriib_jax.evaluation.hosts import Hosts, current_hosts, gather_points
+from siriib_jax.evaluation.attack_specs import (build_attack, parse_spec,
+                                                validate_threat_models)
 from siriib_jax.evaluation.progress import ProgressLog
 from siriib_jax.models.model_fn import logits_fn
 from siriib_jax.svd import swap_singular_values
@@ -100,10 +101,15 @@ def svd_study(model, variables, config: ml_collections.ConfigDict, data: Points,
   Returns:
     {"num_points", "clean_accuracy", "results": [{name, label, norm, eps, accuracy_adv,
     accuracy_swap}], "files": [...]} (`files`: empty on the other processes).
+  Raises:
+    ValueError: given images not finite or not in [0, 1] (`threat_model.check_images`);
+      ConfigError: a radius or step size outside [0, 1] pixel units (8 for 8/255), before
+      anything is compiled.
   """
   evaluation, study = config.evaluation, config.evaluation.svd_study
   hosts = current_hosts() if hosts is None else hosts
   x, y, index, total = load_share(data, evaluation, subset_size, hosts)
+  validate_threat_models(evaluation, x.shape[1:])  # ε in pixel units, before any compile.
   fn, batch_size = logits_fn(model, parallel.host_local(variables)), evaluation.batch_size
   clean_correct = predict(fn, x, batch_size) == y
   clean = float(np.mean(gather_points(clean_correct, index, total, hosts)))
@@ -140,13 +146,12 @@ def svd_study(model, variables, config: ml_collections.ConfigDict, data: Points,
 def to_markdown(summary: dict) -> str:
   lines = ["# SVD swap study (paper §3.1, Fig. 1)", "",
            f"{summary['num_points']} test points, clean accuracy "
-           f"{100 * summary['clean_accuracy']:.2f}%.", "",
-           "| attack | norm | accuracy on x_adv (%) | accuracy on x_swap (%) | gain |",
-           "|---|---|---|---|---|"]
-  lines += [f"| {r['label']} | {r['norm']} | {100 * r['accuracy_adv']:.2f} | "
-            f"{100 * r['accuracy_swap']:.2f} | "
-            f"{100 * (r['accuracy_swap'] - r['accuracy_adv']):+.2f} |"
-            for r in summary["results"]]
+           f"{100 * summary['clean_accuracy']:.2f}%.", "", markdown.table(
+               ["attack", "norm", "accuracy on x_adv (%)", "accuracy on x_swap (%)", "gain"],
+               [[r["label"], r["norm"], f"{100 * r['accuracy_adv']:.2f}",
+                 f"{100 * r['accuracy_swap']:.2f}",
+                 f"{100 * (r['accuracy_swap'] - r['accuracy_adv']):+.2f}"]
+                for r in summary["results"]])]
   return "\n".join(lines) + "\n"
 
 
