@@ -43,7 +43,7 @@ from siriib_jax.evaluation.batching import predict  # noqa: E402
 from siriib_jax.models import create_model  # noqa: E402
 from siriib_jax.models.model_fn import logits_fn  # noqa: E402
 from siriib_jax.runtime import configure_process  # noqa: E402
-from siriib_jax.train_state import averaging_enabled  # noqa: E402
+from siriib_jax.runs import averaging_enabled  # noqa: E402
 
 
 def trajectory(fn, x, y, key, *, eps, step_size, steps, report):

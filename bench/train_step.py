@@ -97,8 +97,8 @@ def _jax_step(model_name, mode, args, images, labels):
   from siriib_jax.configs.default import get_config  # pylint: disable=import-outside-toplevel
   from siriib_jax import strategies  # pylint: disable=import-outside-toplevel
   from siriib_jax.models import create_model  # pylint: disable=import-outside-toplevel
-  from siriib_jax.train_state import create_train_state  # pylint: disable=import-outside-toplevel
-  from siriib_jax.train_step import make_train_step  # pylint: disable=import-outside-toplevel
+  from siriib_jax.training.state import create_train_state  # pylint: disable=import-outside-toplevel
+  from siriib_jax.training.step import make_train_step  # pylint: disable=import-outside-toplevel
 
   config = get_config()
   config.model.siriib.enabled = model_name == "resnet18_sr"

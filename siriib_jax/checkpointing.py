@@ -302,7 +302,7 @@ def load_variables(workdir: str, which: str = "best", expected: Optional[Any] = 
       `jax.eval_shape(model.init, key, images)`). When given, a checkpoint of another
       model or mode is refused with the key paths and shapes that differ.
     averaged: True: `params` are the checkpoint's weight average (`averaged_params`, a run
-      trained with `weight_averaging.decay > 0`; `train_state.weights_name(config)` says
+      trained with `weight_averaging.decay > 0`; `runs.weights_name(config)` says
       which a config asks for); False: the raw parameters. `batch_stats` are the run's
       running statistics either way.
   Returns:

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from siriib_jax.models import create_model
+from siriib_jax.runs import display_name
 from siriib_jax.models.siriib import PooledConv
 
 
@@ -61,11 +62,7 @@ def describe(config: ml_collections.ConfigDict) -> str:
   """One line: the model of `config` with its parameters (M) and MACs (G)."""
   model = create_model(config.model, config.dataset.image_size)
   counts = count_complexity(model, config.dataset.image_size)
-  siriib = config.model.siriib
-  suffix = ""
-  if siriib.enabled:
-    suffix = "+SR-purifier" if siriib.placement == "purifier" else f"-SR({siriib.variant})"
-  name = config.model.name + suffix
+  name = display_name(config.model, "complexity")
   return (f"{name:<24} {counts.params / 1e6:8.2f} M params  {counts.macs / 1e9:6.2f} G MACs "
           f"({counts.params:,} params, {counts.macs:,} MACs, {config.dataset.image_size}² input)")
 

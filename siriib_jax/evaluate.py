@@ -1,10 +1,10 @@
 """`evaluate(mode, config, workdir)`: a training run's checkpoint, evaluated — the entry point
 of `main.py --mode=eval` and `--mode=svd_study`, beside `train.train_and_evaluate`.
 
-Both load `checkpointing.load_variables(workdir, config.evaluation.checkpoint)` — the
-weight average when `weight_averaging.decay > 0` (docs/weight_averaging.md), the report's
-`meta.weights` saying "averaged" or "raw" — build the
-configured model and the test split (`config.evaluation.subset_size`, `.seed`), and write
+Both open the run with `runs.open_run(workdir, config)` — the checkpoint
+`config.evaluation.checkpoint`, its weight average when `weight_averaging.decay > 0`
+(docs/weight_averaging.md), the report's `meta.weights` saying "averaged" or "raw" — build
+the test split (`config.evaluation.subset_size`, `.seed`), and write
 their files to `workdir/evaluation/` (docs/evaluation.md). With several hosts
 (`--multihost`) each evaluates its share of the test points (`evaluation.batch_size` a
 multiple of the host count), the results are gathered, and only process 0 writes.
@@ -12,16 +12,13 @@ multiple of the host count), the results are gathered, and only process 0 writes
 
 import os
 
-import jax
-import jax.numpy as jnp
 import ml_collections
 
-from siriib_jax.checkpointing import load_variables
 from siriib_jax.config_validation import validate_evaluation_config
 from siriib_jax.data import InputPipeline
 from siriib_jax.evaluation import evaluate_robustness, svd_study
 from siriib_jax.models import create_model
-from siriib_jax.train_state import averaging_enabled, weights_name
+from siriib_jax.runs import open_run
 
 MODES = ("eval", "svd_study")
 
@@ -44,19 +41,14 @@ def evaluate(mode: str, config: ml_collections.ConfigDict, workdir: str):
     raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
   evaluation = config.evaluation
   validate_evaluation_config(config)
-  model = create_model(config.model, config.dataset.image_size,
-                       jnp.bfloat16 if config.half_precision else jnp.float32)
+  create_model(config.model, config.dataset.image_size)  # Checks config.model first.
   data = InputPipeline(config.dataset, global_batch_size=evaluation.batch_size,
                        seed=config.seed, training=False)
-  size = config.dataset.image_size
-  expected = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, size, size, 3)))
-  variables, step = load_variables(workdir, evaluation.checkpoint, expected=expected,
-                                   averaged=averaging_enabled(config))
+  run = open_run(workdir, config)
   directory = os.path.join(os.path.abspath(workdir), "evaluation")
   if mode == "eval":
-    name = config.model.name + ("-SR" if config.model.siriib.enabled else "")
-    return evaluate_robustness(model, variables, config, data, directory=directory,
-                               meta={"model": name, "checkpoint": evaluation.checkpoint,
-                                     "step": int(step), "workdir": workdir,
-                                     "weights": weights_name(config)})
-  return svd_study(model, variables, config, data, directory=directory)
+    return evaluate_robustness(run.model, run.variables, config, data, directory=directory,
+                               meta={"model": run.name("short"), "checkpoint": run.checkpoint,
+                                     "step": run.step, "workdir": workdir,
+                                     "weights": run.weights})
+  return svd_study(run.model, run.variables, config, data, directory=directory)

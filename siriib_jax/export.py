@@ -50,8 +50,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from siriib_jax.checkpointing import load_variables
-from siriib_jax.train_state import averaging_enabled, weights_name
+from siriib_jax.runs import open_run, weights_name
 from siriib_jax.config_errors import ConfigError, check_choice
 from siriib_jax.models import create_model
 
@@ -152,7 +151,7 @@ def architecture(config: ml_collections.ConfigDict, step: int, checkpoint: str,
                  tensors: Mapping[str, np.ndarray]) -> dict:
   """The JSON description of an export: enough to build the PyTorch model
   (`bench/torch_reference.build_model`) and to know which run and which weights ("averaged"
-  or "raw", `train_state.weights_name(config)`) it came from."""
+  or "raw", `runs.weights_name(config)`) it came from."""
   return {
       "format": FORMAT,
       "model": config.model.to_dict(),
@@ -238,10 +237,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, str]:
   create_model(config.model, config.dataset.image_size)  # Checks config.model first.
   which = config.evaluation.checkpoint
   check_choice("evaluation.checkpoint", which, ("best", "last"))
-  variables, step = load_variables(workdir, which, averaged=averaging_enabled(config))
+  run = open_run(workdir, config, which)
+  variables, step = run.variables, run.step
   paths = export_variables(variables, config, os.path.join(os.path.abspath(workdir), "export"),
-                           step=int(step), checkpoint=which)
-  print(f"Exported the {which} checkpoint's {weights_name(config)} weights (step {step}) "
+                           step=step, checkpoint=which)
+  print(f"Exported the {which} checkpoint's {run.weights} weights (step {step}) "
         f"of {workdir} to {paths['weights']} "
         f"(PyTorch names and layout; architecture in {paths['architecture']}).")
   return paths

@@ -23,27 +23,22 @@ import os
 from typing import Callable, Optional
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
 
-from siriib_jax import complexity, run_config
+from siriib_jax import complexity
 from siriib_jax import plotting
 from siriib_jax.analysis import corruptions, features, scorecam, tsne, xavg
-from siriib_jax.checkpointing import load_variables
 from siriib_jax.config_errors import fail
-from siriib_jax.configs import default as default_config
 from siriib_jax.data import DatasetNotFoundError, InputPipeline
 from siriib_jax.evaluation import adaptive, evaluate_robustness, purification, svd_study
 from siriib_jax.evaluation.attack_specs import build_attack, parse_spec
 from siriib_jax.evaluation.batching import attack_key, run_attack
 from siriib_jax.evaluation.robustness import load_points
-from siriib_jax.models import create_model
 from siriib_jax.models.model_fn import logits_fn
-from siriib_jax.train_state import averaging_enabled, weights_name
+from siriib_jax.runs import BASELINE, PURIFIER, SIRIIB, display_name, open_run
 
-BASELINE, SIRIIB, PURIFIER = "baseline", "SiRIIB", "purifier"
 
 # The paper's numbers and captions (shortened where they describe rows at length).
 CAPTIONS = {
@@ -96,43 +91,18 @@ class Run:
     return self.config.dataset.name
 
 
-def role_of(config: ml_collections.ConfigDict) -> str:
-  """BASELINE, SIRIIB or PURIFIER from a run's `model.siriib` block."""
-  siriib = config.model.siriib
-  if not siriib.enabled:
-    return BASELINE
-  return PURIFIER if siriib.get("placement", "plugin") == "purifier" else SIRIIB
-
-
-def _label(config: ml_collections.ConfigDict) -> str:
-  names = {"resnet18": "ResNet-18", "wrn28_10": "WRN-28-10"}
-  name = names.get(config.model.name, config.model.name)
-  role = role_of(config)
-  if role == SIRIIB:
-    name += "-SR" + ("" if config.model.siriib.variant == "base"
-                     else f"-{config.model.siriib.variant}")
-  elif role == PURIFIER:
-    name += " + SR purifier"
-  return name
-
-
 def load_run(workdir: str, config: Optional[ml_collections.ConfigDict] = None) -> Run:
-  """The run in `workdir`, with `config` (default: the run's own `config.json`): its weight
-  average when that config has `weight_averaging.decay > 0`, else its raw weights.
+  """The run in `workdir` (`runs.open_run`), with `config` (default: the run's own
+  `config.json`): its weight average when that config has `weight_averaging.decay > 0`,
+  else its raw weights.
 
   Raises:
     FileNotFoundError: no `config.json` where `config` is not given.
     CheckpointError: no readable checkpoint (`evaluation.checkpoint` of the run's config).
   """
-  config = config if config is not None else run_config.load(workdir, default_config.get_config())
-  dtype = jnp.bfloat16 if config.half_precision else jnp.float32
-  model = create_model(config.model, config.dataset.image_size, dtype)
-  size = config.dataset.image_size
-  expected = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, size, size, 3)))
-  variables, step = load_variables(workdir, config.evaluation.checkpoint, expected=expected,
-                                   averaged=averaging_enabled(config))
-  return Run(_label(config), workdir, role_of(config), config, model, variables, int(step),
-             weights_name(config))
+  run = open_run(workdir, config)
+  return Run(run.name("paper"), workdir, run.kind, run.config, run.model, run.variables,
+             run.step, run.weights)
 
 
 def _distinct_labels(runs: list[Run]) -> None:
@@ -337,7 +307,7 @@ def table9(ctx: _Context):
   run = _purifier(ctx)
   paper = ctx.config.paper
   backbone, purified = purification.predict_functions(run.model, run.variables)
-  label = _label(run.config).replace(" + SR purifier", "")
+  label = display_name(run.config.model).replace(" + SR purifier", "")
   fns = {label: backbone, f"{label} + SR modules": purified}
   if paper.corruptions_dir:
     source = corruptions.ReleaseSource(paper.corruptions_dir,

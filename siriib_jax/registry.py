@@ -1,7 +1,7 @@
 """The one registry idiom of siriib_jax: a read-only mapping from a config name to an entry.
 
 Backbones (`models/backbones.py`), datasets (`data/specs.py`), strategies
-(`strategies.py`) and attacks (`attacks/registry.py`) are each one `Registry`:
+(`training/strategies.py`) and attacks (`attacks/registry.py`) are each one `Registry`:
 
   BACKBONES = Registry("model.name", {"resnet18": ..., "wrn28_10": ...})
   backbone = BACKBONES.lookup(config.model.name)   # ConfigError with "did you mean"

@@ -1,6 +1,6 @@
 """`train_and_evaluate(config, workdir)`: adversarial training with SiRIIB (paper §5.1).
 
-The loop follows flax `examples/imagenet`: one jitted step (train_step.py) over a data
+The loop follows flax `examples/imagenet`: one jitted step (training/step.py) over a data
 mesh, clu metric writers, orbax checkpoints that a restarted run resumes from — step,
 parameters, BatchNorm statistics, optimiser state, TE's ensemble and the weight average;
 the data order and the randomness are functions of (seed, step), so nothing else needs
@@ -32,9 +32,10 @@ from siriib_jax.config_validation import validate_config
 from siriib_jax.data import InputPipeline
 from siriib_jax.evaluation import evaluate_robustness
 from siriib_jax.models import create_model
-from siriib_jax.strategies import get_strategy
-from siriib_jax.train_state import create_train_state, evaluated_variables, weights_name
-from siriib_jax.train_step import make_eval_step, make_train_step
+from siriib_jax.training.strategies import get_strategy
+from siriib_jax.runs import weights_name
+from siriib_jax.training.state import create_train_state, evaluated_variables
+from siriib_jax.training.step import make_eval_step, make_train_step
 
 
 class NonFiniteLossError(UserError, FloatingPointError):

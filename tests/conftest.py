@@ -45,3 +45,12 @@ def npz_dir(tmp_path):
     image, label = data_helpers.identifiable(n, seed=len(split))
     np.savez(tmp_path / f"{split}.npz", image=image, label=label)
   return tmp_path
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+  """Frees each test module's compiled programs when it ends. Every loaded XLA:CPU
+  executable holds memory maps, and the whole suite's programs together exceed Linux's
+  default `vm.max_map_count` (65,530), past which compilation crashes the process."""
+  yield
+  jax.clear_caches()

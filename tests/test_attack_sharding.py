@@ -18,8 +18,8 @@ from siriib_jax.attacks.gradients import random_start
 from siriib_jax.data import InputPipeline, augment
 from siriib_jax.models import create_model
 from siriib_jax.models.model_fn import logits_fn
-from siriib_jax.strategies import get_strategy
-from siriib_jax.train_state import create_train_state
+from siriib_jax.training.strategies import get_strategy
+from siriib_jax.training.state import create_train_state
 from tests.helpers import tiny_training_config
 config = tiny_training_config({data!r})
 config.strategy = "pgd_at"

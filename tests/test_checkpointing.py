@@ -24,8 +24,8 @@ _SMALL_STATE = """
 import jax, numpy as np
 from siriib_jax import parallel
 from siriib_jax.checkpointing import Checkpoints, load_variables
-from siriib_jax.optimizer import make_optimizer
-from siriib_jax.train_state import TrainState
+from siriib_jax.training.optimizer import make_optimizer
+from siriib_jax.training.state import TrainState
 from tests.helpers import tiny_training_config
 
 

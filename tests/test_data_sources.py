@@ -97,7 +97,7 @@ def test_tiny_imagenet_builder_prepares_and_loads_without_tensorflow(tmp_path, m
 def test_model_and_train_step_import_without_tfds():
   # TFDS (and the TensorFlow it may pull in) is imported only when a TFDS split is read, so
   # the train step runs where neither is installed (a GPU image, the npz source).
-  check = ("import sys, siriib_jax.data, siriib_jax.train_step, siriib_jax.attacks;"
+  check = ("import sys, siriib_jax.data, siriib_jax.training.step, siriib_jax.attacks;"
            "print('tensorflow_datasets' in sys.modules)")
   fresh = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True,
                          cwd=pathlib.Path(__file__).parent.parent, check=True)

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from siriib_jax import config_validation, optimizer
+from siriib_jax import config_validation
+from siriib_jax.training import optimizer
 from siriib_jax.config_errors import ConfigError
 from siriib_jax.configs import default
 

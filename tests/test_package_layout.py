@@ -1,14 +1,17 @@
-"""The package's import graph: library folders never import an entry point, and no two
-parts of the package import each other (directly or through others)."""
+"""The package's import graph: library folders never import an entry point, each command's
+library is imported only by its command, and no two parts of the package import each other
+(directly or through others)."""
 
 import ast
 import os
 
 ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "siriib_jax")
 # Folders that are libraries, and the modules that are entry points above them.
-LIBRARY_FOLDERS = ("analysis", "attacks", "data", "evaluation", "models")
+LIBRARY_FOLDERS = ("analysis", "attacks", "data", "evaluation", "models", "training")
 ENTRY_POINTS = ("siriib_jax.train", "siriib_jax.evaluate", "siriib_jax.config_validation",
-                "siriib_jax.export", "siriib_jax.paper")
+                "siriib_jax.export", "siriib_jax.paper", "siriib_jax.cli")
+# A command's own library: imported by the command and by the library itself only.
+COMMAND_LIBRARIES = {"siriib_jax.training": ("siriib_jax.train",)}
 
 
 def _imports():
@@ -72,3 +75,20 @@ def test_the_parts_of_the_package_form_no_cycle():
   for node in sorted(edges):
     if node not in state:
       visit(node, [])
+
+
+def test_a_commands_library_is_imported_only_by_its_command():
+  for library, commands in COMMAND_LIBRARIES.items():
+    for path, names in _imports().items():
+      module = path.replace(os.sep, ".").removesuffix(".py").removesuffix(".__init__")
+      if module in commands or module.startswith(library):
+        continue
+      bad = {n for n in names if n == library or n.startswith(library + ".")}
+      assert not bad, f"{path} imports {sorted(bad)}, which only {commands} may import"
+
+
+def test_the_library_folders_and_commands_exist():
+  for folder in LIBRARY_FOLDERS:
+    assert os.path.isfile(os.path.join(ROOT, folder, "__init__.py")), folder
+  for command in ENTRY_POINTS + tuple(c for cs in COMMAND_LIBRARIES.values() for c in cs):
+    assert os.path.isfile(os.path.join(os.path.dirname(ROOT), *command.split(".")) + ".py")

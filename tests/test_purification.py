@@ -22,9 +22,9 @@ from siriib_jax.evaluation.purification import (predict_functions, purification_
                                                 purify_images, to_markdown)
 from siriib_jax.models.classifier import Classifier, create_model
 from siriib_jax.models.siriib import SRBlock, SRPurifier
-from siriib_jax.strategies import get_strategy
-from siriib_jax.train_state import create_train_state
-from siriib_jax.train_step import make_train_step
+from siriib_jax.training.strategies import get_strategy
+from siriib_jax.training.state import create_train_state
+from siriib_jax.training.step import make_train_step
 from tests.helpers import fast_evaluation
 
 NUM_CLASSES = 4

@@ -7,7 +7,7 @@ from siriib_jax.config_errors import ConfigError
 from siriib_jax.data.specs import DATASETS
 from siriib_jax.models.backbones import BACKBONES
 from siriib_jax.registry import Registry
-from siriib_jax.strategies import STRATEGIES
+from siriib_jax.training.strategies import STRATEGIES
 
 
 def test_lookup_returns_the_entry_and_names_the_closest_on_a_typo():

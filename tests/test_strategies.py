@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from siriib_jax import losses, strategies
+from siriib_jax import losses
+from siriib_jax.training import strategies
 from siriib_jax.config_errors import ConfigError
 from tests.linear_oracle import linear_logits
 

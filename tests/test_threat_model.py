@@ -25,7 +25,7 @@ from siriib_jax.evaluation.adaptive import adaptive_pgd
 from siriib_jax.evaluation.attack_specs import parse_spec
 from siriib_jax.models import logits_fn
 from siriib_jax.paper import _validate_paper_config
-from siriib_jax.strategies import get_strategy
+from siriib_jax.training.strategies import get_strategy
 from tests.helpers import LinearClassifier, fast_evaluation, self_labelled_points, tiny_model
 
 CAUSES = ("0–255", "config.model.mean")  # The two usual causes every image error names.

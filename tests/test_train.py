@@ -15,9 +15,9 @@ from siriib_jax import train as train_lib
 from siriib_jax.checkpointing import Checkpoints, load_variables
 from siriib_jax.data import InputPipeline
 from siriib_jax.models import create_model
-from siriib_jax.strategies import STRATEGY_NAMES
-from siriib_jax.optimizer import make_optimizer
-from siriib_jax.train_state import create_train_state
+from siriib_jax.training.strategies import STRATEGY_NAMES
+from siriib_jax.training.optimizer import make_optimizer
+from siriib_jax.training.state import create_train_state
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -142,9 +142,9 @@ from siriib_jax import parallel
 from siriib_jax.config_errors import ConfigError
 from siriib_jax.config_validation import validate_config
 from siriib_jax.models import create_model
-from siriib_jax.strategies import get_strategy
-from siriib_jax.train_state import create_train_state
-from siriib_jax.train_step import make_train_step
+from siriib_jax.training.strategies import get_strategy
+from siriib_jax.training.state import create_train_state
+from siriib_jax.training.step import make_train_step
 assert jax.device_count() == 8
 config = tiny_training_config(write_npz_dataset({data!r}))
 config.model.siriib.scales = (16, 8)  # 16x16 images keep the 8-device compile short.

@@ -16,7 +16,7 @@ from siriib_jax.config_errors import ConfigError
 from siriib_jax.config_validation import check_known_keys
 from siriib_jax.data import DatasetNotFoundError
 from siriib_jax.models import create_model
-from siriib_jax.train_state import create_train_state
+from siriib_jax.training.state import create_train_state
 
 # (key, bad value, a fragment the message must hold besides the key).
 BAD_VALUES = [

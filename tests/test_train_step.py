@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from siriib_jax.models import ModelOutput
-from siriib_jax.strategies import get_strategy
-from siriib_jax.train_state import create_train_state
-from siriib_jax.train_step import make_eval_step, make_train_step
+from siriib_jax.training.strategies import get_strategy
+from siriib_jax.training.state import create_train_state
+from siriib_jax.training.step import make_eval_step, make_train_step
 
 NUM_CLASSES = 4
 IMAGE = (8, 8, 3)

@@ -23,9 +23,9 @@ from siriib_jax.config_validation import validate_config
 from siriib_jax.configs import default
 from siriib_jax.data import InputPipeline
 from siriib_jax.models import create_model
-from siriib_jax.strategies import STRATEGY_NAMES, get_strategy
-from siriib_jax.train_state import averaging_decay, create_train_state, evaluated_variables
-from siriib_jax.train_step import make_eval_step, make_train_step
+from siriib_jax.training.strategies import STRATEGY_NAMES, get_strategy
+from siriib_jax.training.state import averaging_decay, create_train_state, evaluated_variables
+from siriib_jax.training.step import make_eval_step, make_train_step
 
 DECAY = 0.5  # Far from 1, so that a few steps' average differs clearly from the weights.
 

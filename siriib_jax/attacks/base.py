@@ -32,7 +32,7 @@ def reusable(factory: Callable) -> Callable:
   (a second evaluation in one process) returns the same `Attack`, whose jitted programs the
   runner has compiled already (`runner._compiled`). Arguments that cannot be hashed (e.g.
   arrays) build a new attack as without it."""
-  cached = functools.lru_cache(maxsize=256)(factory)
+  cached = functools.lru_cache(maxsize=32)(factory)
 
   @functools.wraps(factory)
   def build(*args, **kwargs):

@@ -11,8 +11,9 @@ import optax
 from flax.training import train_state
 
 from siriib_jax.models.siriib import PLACEMENT_KEY
-from siriib_jax.optimizer import make_optimizer
-from siriib_jax.strategies import Strategy, get_strategy
+from siriib_jax.runs import averaging_enabled
+from siriib_jax.training.optimizer import make_optimizer
+from siriib_jax.training.strategies import Strategy, get_strategy
 
 
 class TrainState(train_state.TrainState):
@@ -29,17 +30,6 @@ class TrainState(train_state.TrainState):
   batch_stats: Any = None
   ensemble: Optional[jnp.ndarray] = None
   averaged_params: Any = None
-
-
-def averaging_enabled(config: ml_collections.ConfigDict) -> bool:
-  """Whether `config` trains and evaluates a weight average (`weight_averaging.decay > 0`)."""
-  return config.weight_averaging.decay > 0
-
-
-def weights_name(config: ml_collections.ConfigDict) -> str:
-  """"averaged" or "raw": which weights `config`'s runs validate, select, evaluate and export
-  (the name every report gives them)."""
-  return "averaged" if averaging_enabled(config) else "raw"
 
 
 def averaging_decay(step: jnp.ndarray, config: ml_collections.ConfigDict) -> jnp.ndarray:

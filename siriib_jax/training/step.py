@@ -17,10 +17,10 @@ from siriib_jax.attacks.pgd import pgd
 from siriib_jax.data import augment, to_float
 from siriib_jax.models.model_fn import logits_fn as model_logits_fn
 from siriib_jax.numerics import all_finite
-from siriib_jax.optimizer import learning_rate_schedule
-from siriib_jax.strategies import Strategy
-from siriib_jax.train_state import (TrainState, averaging_enabled, evaluated_variables,
-                                    update_average)
+from siriib_jax.training.optimizer import learning_rate_schedule
+from siriib_jax.training.strategies import Strategy
+from siriib_jax.runs import averaging_enabled
+from siriib_jax.training.state import TrainState, evaluated_variables, update_average
 
 
 def make_train_step(model, strategy: Strategy, config: ml_collections.ConfigDict,

@@ -1,6 +1,6 @@
 """Adversarial training strategies (paper §5.1, SPEC §4), looked up by `config.strategy`.
 
-A `Strategy` is everything one strategy adds to the train step (`train_step.py`), which
+A `Strategy` is everything one strategy adds to the train step (`training/step.py`), which
 composes it with the SiRIIB terms:
   * an inner attack that makes `x_adv` from `(logits_fn, x, y, key, clean_logits)`;
   * its per-example loss `L_ori`, from the model's logits on `x_adv` and on `x`;
