@@ -54,3 +54,19 @@ def _release_compiled_programs():
   default `vm.max_map_count` (65,530), past which compilation crashes the process."""
   yield
   jax.clear_caches()
+
+
+@pytest.fixture
+def compile_events():
+  """Records every XLA compilation event while the test runs (names containing
+  "compile"; a backend compilation is `/jax/core/compile/backend_compile_duration`)."""
+  events = []
+
+  def listener(event, duration, **kwargs):
+    del duration, kwargs
+    if "compile" in event:
+      events.append(event)
+
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  yield events
+  jax.monitoring.unregister_event_duration_listener(listener)

@@ -178,25 +178,15 @@ def test_progress_is_logged_per_attack_and_component_during_the_run(saved_run):
   assert any("progress/autoattack/fab-t/points_robust" in s for _, s in writer.scalars)
 
 
-def test_a_second_evaluation_of_the_same_shapes_compiles_nothing(config):
-  import jax  # pylint: disable=import-outside-toplevel
+def test_a_second_evaluation_of_the_same_shapes_compiles_nothing(config, compile_events):
   model = LinearClassifier()
   variables, x, y = self_labelled_points(model, n=12)
   config = fast_evaluation(config)
   config.evaluation.checklist.large_eps = 0.0
   names = ("clean", "pgd3", "cw3", "apgd-ce", "apgd-t", "fab-t", "square", "autoattack")
   first = evaluate_robustness(model, variables, config, (x, y), attacks=names)
-  compiled = []
-
-  def listener(event, duration, **kwargs):
-    del duration, kwargs
-    if "backend_compile" in event:
-      compiled.append(event)
-
-  jax.monitoring.register_event_duration_secs_listener(listener)
-  try:
-    second = evaluate_robustness(model, variables, config, (x, y), attacks=names)
-  finally:
-    jax.monitoring.unregister_event_duration_listener(listener)
-  assert not compiled, f"{len(compiled)} programs compiled again"
+  before = compile_events.count("/jax/core/compile/backend_compile_duration")
+  second = evaluate_robustness(model, variables, config, (x, y), attacks=names)
+  again = compile_events.count("/jax/core/compile/backend_compile_duration") - before
+  assert not again, f"{again} programs compiled again"
   assert [r.robust for r in second.rows] == [r.robust for r in first.rows]

@@ -84,21 +84,6 @@ def workdir_with_checkpoint(tmp_path_factory):
   return config, root / "run"
 
 
-@pytest.fixture
-def compile_events():
-  """Records every XLA compilation while the test runs."""
-  events = []
-
-  def listener(event, duration, **kwargs):
-    del duration, kwargs
-    if "compile" in event:
-      events.append(event)
-
-  jax.monitoring.register_event_duration_secs_listener(listener)
-  yield events
-  jax.monitoring.unregister_event_duration_listener(listener)
-
-
 @pytest.mark.parametrize("key,value,fragment", BAD_VALUES)
 def test_bad_value_fails_clearly_before_compiling_and_keeps_the_checkpoint(
     workdir_with_checkpoint, compile_events, key, value, fragment):
