@@ -232,8 +232,8 @@ class Checkpoints:
     """Restores `step` onto `abstract_state`'s structure, shapes and shardings; None: onto
     the checkpoint's own structure, replicated over the current devices."""
     path = os.path.join(str(manager.directory), str(step))
-    unreadable = (f"It was left as it is. Move it aside to resume from an earlier "
-                  f"checkpoint, or use a new --workdir to start afresh.")
+    unreadable = ("It was left as it is. Move it aside to resume from an earlier "
+                  "checkpoint, or use a new --workdir to start afresh.")
     manager.wait_until_finished()  # A save of this step may still be under way.
     try:
       saved = manager.item_metadata(step)

@@ -154,3 +154,13 @@ def test_registry():
   assert isinstance(attacks.get_attack("autoattack", 8 / 255, "l2"), attacks.AutoAttack)
   with pytest.raises(ValueError, match="unknown attack"):
     attacks.get_attack("pgd", 8 / 255)
+
+
+def test_factories_reuse_attacks_of_plain_arguments_only():
+  assert attacks.pgd(8 / 255, 2 / 255, 3) is attacks.pgd(8 / 255, 2 / 255, 3)
+  assert attacks.apgd(8 / 255, "linf", loss=attacks.dlr) is attacks.apgd(8 / 255, "linf",
+                                                                         loss=attacks.dlr)
+  weight = jnp.ones(())  # A loss closing over an array is never a cache key.
+  loss = ImageLoss(lambda x_adv, logits, y: weight * jnp.sum(x_adv))
+  assert attacks.pgd(8 / 255, 2 / 255, 3, loss=loss) is not attacks.pgd(8 / 255, 2 / 255, 3,
+                                                                          loss=loss)

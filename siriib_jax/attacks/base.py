@@ -18,7 +18,7 @@ raises `objectives.ClassCountError` when traced on logits with fewer classes.
 
 import dataclasses
 import functools
-from typing import Callable, NamedTuple, Optional, Protocol, Tuple
+from typing import Any, Callable, NamedTuple, Optional, Protocol, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -27,21 +27,30 @@ import jax.numpy as jnp
 LogitsFn = Callable[[jnp.ndarray], jnp.ndarray]
 
 
+def _plain(value: Any) -> bool:
+  """Whether an attack factory's argument is a plain value (a number, string, bool, None, a
+  function without captured state such as `objectives.cross_entropy`, or a tuple of them),
+  which can key a cache without keeping a model, its arrays or a trace alive."""
+  if value is None or isinstance(value, (bool, int, float, str)):
+    return True
+  if isinstance(value, tuple):
+    return all(_plain(v) for v in value)
+  return callable(value) and getattr(value, "__closure__", None) is None and hasattr(
+      value, "__code__")
+
+
 def reusable(factory: Callable) -> Callable:
-  """Memoises an attack factory on its arguments, so that building the same attack again
-  (a second evaluation in one process) returns the same `Attack`, whose jitted programs the
-  runner has compiled already (`runner._compiled`). Arguments that cannot be hashed (e.g.
-  arrays) build a new attack as without it."""
+  """Memoises an attack factory on plain arguments (`_plain`), so that building the same
+  attack again (a second evaluation in one process) returns the same `Attack`, whose jitted
+  programs the runner has compiled already (`runner._compiled`). A call with any other
+  argument (e.g. an `ImageLoss` closing over a model) builds a new attack, uncached."""
   cached = functools.lru_cache(maxsize=32)(factory)
 
   @functools.wraps(factory)
   def build(*args, **kwargs):
-    try:
+    if all(_plain(v) for v in (*args, *kwargs.values())):
       return cached(*args, **kwargs)
-    except TypeError as error:
-      if "unhashable" not in str(error):
-        raise
-      return factory(*args, **kwargs)
+    return factory(*args, **kwargs)
 
   return build
 

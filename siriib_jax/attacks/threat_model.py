@@ -32,19 +32,25 @@ def _pixel_units(value: float, what: str, symbol: str, example: str) -> str:
   return f"{_UNITS.format(symbol)}: an {what} is at most 1 (e.g. {example} for CIFAR)"
 
 
+def _number_problem(value: Any, symbol: str, example: str) -> tuple[Optional[float], str]:
+  """(`value` as a float, "") or (None, what is wrong); (None, "") for a traced value."""
+  try:
+    number = _scalar(value)
+  except (TypeError, ValueError):
+    return None, f"it must be a number: {_UNITS.format(symbol)} (e.g. {example})"
+  if number is not None and (not math.isfinite(number) or number < 0):
+    return None, f"it must be a finite number ≥ 0: {_UNITS.format(symbol)} (e.g. {example})"
+  return number, ""
+
+
 def radius_problem(value: Any, norm: str, shape: Optional[Sequence[int]] = None
                    ) -> Optional[str]:
   """What is wrong with `value` as the radius of a `norm` ε-ball, or None if it is legal:
   L∞ in [0, 1]; L2 in [0, √(H·W·C)] (the diameter of [0, 1]^(H·W·C), checked when the image
   `shape` (H, W, C) is given); any other norm ≥ 0 (the factory checks the norm itself)."""
-  try:
-    value = _scalar(value)
-  except (TypeError, ValueError):
-    return f"it must be a number: {_UNITS.format('ε')} (e.g. 8/255)"
+  value, problem = _number_problem(value, "ε", "8/255")
   if value is None:
-    return None
-  if not math.isfinite(value) or value < 0:
-    return f"it must be a finite number ≥ 0: {_UNITS.format('ε')} (e.g. 8/255)"
+    return problem or None
   if norm == "linf" and value > 1:
     return _pixel_units(value, "L∞ radius", "ε", "8/255")
   if norm == "l2" and shape is not None:
@@ -59,14 +65,9 @@ def radius_problem(value: Any, norm: str, shape: Optional[Sequence[int]] = None
 def step_size_problem(value: Any, norm: str) -> Optional[str]:
   """What is wrong with `value` as the step size α of a `norm` attack, or None: L∞ in
   [0, 1] (a step of 1 already crosses the image box); L2 any finite α ≥ 0."""
-  try:
-    value = _scalar(value)
-  except (TypeError, ValueError):
-    return f"it must be a number: {_UNITS.format('α')} (e.g. 2/255)"
+  value, problem = _number_problem(value, "α", "2/255")
   if value is None:
-    return None
-  if not math.isfinite(value) or value < 0:
-    return f"it must be a finite number ≥ 0: {_UNITS.format('α')} (e.g. 2/255)"
+    return problem or None
   if norm == "linf" and value > 1:
     return _pixel_units(value, "L∞ step size", "α", "2/255")
   return None
