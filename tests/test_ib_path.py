@@ -69,3 +69,39 @@ def test_path_health_refuses_a_model_without_siriib():
   model, variables = tiny_model(siriib=False)
   with pytest.raises(ValueError, match="no SiRIIB"):
     ib_path.path_health(model, variables, _images(2))
+
+
+def _evaluation(batch_size=8):
+  from siriib_jax.configs import default
+  evaluation = default.get_config().evaluation
+  evaluation.batch_size = batch_size
+  return evaluation
+
+
+def test_skip_ablation_of_a_collapsed_path_equals_the_model_own_accuracy():
+  model, variables = tiny_model()
+  dead = _kill_extractor(variables)
+  x = _images(10)
+  y = np.asarray(model.apply(dead, x).logits).argmax(-1)  # Clean accuracy 1.
+  result = ib_path.skip_ablation(model, dead, _evaluation(), x, y, attacks=("clean", "pgd3"))
+  assert result["health"]["ib_collapsed"]
+  assert result["own"] == result["ablated"]
+  assert result["own"]["clean"] == 1.0
+
+
+def test_skip_ablation_of_a_live_path_changes_the_accuracy():
+  model, variables = tiny_model()
+  params = flax.core.unfreeze(variables["params"])
+  for i in range(3):  # f_i 100× larger: the backbone's logits follow them.
+    params["siriib"][f"projection{i}"]["kernel"] = params["siriib"][f"projection{i}"]["kernel"] * 100
+  variables = {**variables, "params": params}
+  x = _images(10)
+  y = np.asarray(model.apply(variables, x).logits).argmax(-1)
+  # Labelled with the model's own predictions; given each f_i's mean, it predicts
+  # otherwise on some points.
+  ablated = ib_path.ablated_logits_fn(
+      model, variables, ib_path.path_health(model, variables, x).mean_features)(x)
+  assert (np.asarray(ablated).argmax(-1) != y).any()
+  result = ib_path.skip_ablation(model, variables, _evaluation(), x, y, attacks=("clean",))
+  assert not result["health"]["ib_collapsed"]
+  assert result["own"]["clean"] == 1.0 > result["ablated"]["clean"]

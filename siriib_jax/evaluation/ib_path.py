@@ -3,18 +3,23 @@ features f_i = p_i(c(x_avg)) depend on the image, and does the model use them.
 
     health = ib_path.path_health(model, variables, images)          # dead units, f_spread
     ablated = ib_path.ablated_logits_fn(model, variables, health.mean_features)
+    accuracy = ib_path.skip_ablation(model, variables, evaluation, x, y)  # {"clean": …, "pgd20": …}
 
 `L_info` (paper §4.2) is 0 for any f_i that ignores its input, so training can collapse the
 path to constant biases (RESULTS.md, "Collapse of the skip features"); these numbers show it.
 """
 
 import dataclasses
-from typing import NamedTuple
+from typing import NamedTuple, Optional, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from siriib_jax.evaluation.attack_specs import build_attack, parse_spec
+from siriib_jax.evaluation.batching import attack_key, predict, run_attack
+from siriib_jax.models.model_fn import logits_fn
 
 # Below this `f_spread` (feature units) the f_i are taken as constant: the path has collapsed.
 COLLAPSE_SPREAD = 1e-3
@@ -114,3 +119,41 @@ def ablated_logits_fn(model: nn.Module, variables, mean_features) -> jax.tree_ut
   the model's own predictions; a live one changes them."""
   skips = tuple(jnp.asarray(m) for m in mean_features)
   return jax.tree_util.Partial(_Ablated(model), (variables, skips))
+
+
+def skip_ablation(model: nn.Module, variables, evaluation, x: np.ndarray, y: np.ndarray,
+                  attacks: Sequence[str] = ("clean", "pgd20"),
+                  health: Optional[PathHealth] = None, mesh=None) -> dict:
+  """Accuracy (fraction) of the model with each f_i replaced by its mean over `x`: the skip
+  ablation, beside the model's own accuracy under the same `attacks`.
+
+  Args:
+    model, variables: a SiRIIB plug-in classifier and its variables.
+    evaluation: `config.evaluation` (batch size, seed, threat models of the attack names).
+    x: (N, H, W, 3) float images in [0, 1]; y: (N,) labels.
+    attacks: "clean" and attack names of `attack_specs` (each attack keyed by its name and
+      `evaluation.seed`, as in the evaluation, so own and ablated face the same randomness).
+    health: `path_health` on `x`, if already computed.
+  Returns:
+    `{"health": health.summary(), "own": {name: accuracy}, "ablated": {name: accuracy}}`.
+  Raises:
+    ValueError: the model has no SiRIIB plug-in; ConfigError: an unknown attack name.
+  """
+  health = path_health(model, variables, x, evaluation.batch_size) if health is None else health
+  specs = {name: parse_spec(name, evaluation) for name in attacks if name != "clean"}
+  fns = {"own": logits_fn(model, variables),
+         "ablated": ablated_logits_fn(model, variables, health.mean_features)}
+  result = {"health": health.summary()}
+  for which, fn in fns.items():
+    correct = predict(fn, x, evaluation.batch_size, mesh) == y
+    accuracy = {}
+    for name in attacks:
+      if name == "clean":
+        accuracy[name] = float(np.mean(correct))
+        continue
+      outcome = run_attack(build_attack(specs[name], evaluation), fn, x, y,
+                           attack_key(evaluation.seed, name), evaluation.batch_size, correct,
+                           mesh=mesh)
+      accuracy[name] = float(np.mean(correct & ~outcome.success))
+    result[which] = accuracy
+  return result
