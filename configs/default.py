@@ -165,6 +165,9 @@ def get_config() -> ml_collections.ConfigDict:
   # Per attack, workdir/evaluation/<attack>.npz: x_adv, clean and adversarial predictions,
   # per-point robust flags, labels and indices (docs/evaluation.md, "Saved examples").
   config.evaluation.save_examples = False
+  # SiRIIB plug-in models: these accuracies again with each skip feature f_i replaced by
+  # its mean over the points (the skip ablation, `evaluation/ib_path.py`); () = skip it.
+  config.evaluation.skip_ablation = ("clean", "pgd20")
   # The gradient-masking checklist (siriib_jax/evaluation/checklist.py).
   config.evaluation.checklist = ml_collections.ConfigDict()
   config.evaluation.checklist.large_eps = 64 / 255  # 0 = skip the large-ε run.

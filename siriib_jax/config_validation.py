@@ -98,7 +98,8 @@ def validate_evaluation_config(config: ml_collections.ConfigDict) -> None:
   """Checks the radii and step sizes of the evaluation in [0, 1] pixel units
   (`attack_specs.validate_threat_models`: `evaluation.linf.eps = 8` is refused, 8/255 is
   meant), the attack names of `evaluation.attacks`, `final_eval_attacks`,
-  `evaluation.svd_study.attacks` / `grid_attacks` and `checklist.large_eps_attack` (parsed
+  `evaluation.svd_study.attacks` / `grid_attacks`, `evaluation.skip_ablation` and
+  `checklist.large_eps_attack` (parsed
   by `attack_specs`, not built), the evaluation batch size, `evaluation.unroll`,
   `evaluation.save_examples` (a bool), and the cross-block rules."""
   size = config.dataset.image_size  # Every dataset's images have 3 channels.
@@ -107,10 +108,13 @@ def validate_evaluation_config(config: ml_collections.ConfigDict) -> None:
            "final_eval_attacks": config.final_eval_attacks,
            # The SVD swap study runs registry names only (no clean, no adaptive).
            "evaluation.svd_study.attacks": config.evaluation.svd_study.attacks,
-           "evaluation.svd_study.grid_attacks": config.evaluation.svd_study.grid_attacks}
+           "evaluation.svd_study.grid_attacks": config.evaluation.svd_study.grid_attacks,
+           # Clean and single attacks (no adaptive) on the model without its skip features.
+           "evaluation.skip_ablation": config.evaluation.skip_ablation}
   for key, names in lists.items():
     for name in names:
-      if name in SPECIAL_NAMES and not key.startswith("evaluation.svd_study"):
+      special = {"clean"} if key == "evaluation.skip_ablation" else SPECIAL_NAMES
+      if name in special and not key.startswith("evaluation.svd_study"):
         continue
       try:
         parse_spec(name, config.evaluation)

@@ -57,6 +57,14 @@ def info_loss(features_adv: Sequence[jnp.ndarray],
   return sum(_per_example_mse(a, c) for a, c in zip(features_adv, features_clean, strict=True))
 
 
+def dead_unit_fraction(activations: jnp.ndarray) -> jnp.ndarray:
+  """The fraction of channels of `activations` (N, H, W, C), a ReLU's output, that no image
+  activates at any position (max over N, H, W is ≤ 0): 1.0 when every unit is dead, as when
+  SiRIIB's IB path has collapsed (`feature_spread`). Scalar float32; a diagnostic."""
+  alive = jnp.max(activations, axis=tuple(range(activations.ndim - 1))) > 0
+  return 1.0 - jnp.mean(alive.astype(jnp.float32))
+
+
 def feature_spread(features: Sequence[jnp.ndarray]) -> jnp.ndarray:
   """Scalar diagnostic of SiRIIB's skip features: the standard deviation over the batch of
   each `f_i` (B, H_i, W_i, C_i), averaged over positions and channels, then over the `f_i`.

@@ -17,6 +17,7 @@ import json
 import os
 import signal
 import time
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -29,8 +30,8 @@ from siriib_jax import losses, parallel, run_config
 from siriib_jax.checkpointing import Checkpoints
 from siriib_jax.config_errors import UserError
 from siriib_jax.config_validation import validate_config
-from siriib_jax.data import InputPipeline
-from siriib_jax.evaluation import evaluate_robustness
+from siriib_jax.data import InputPipeline, to_float
+from siriib_jax.evaluation import evaluate_robustness, ib_path
 from siriib_jax.models import create_model
 from siriib_jax.training.strategies import get_strategy
 from siriib_jax.runs import weights_name
@@ -97,6 +98,24 @@ def _final_evaluation(model, state, checkpoints: Checkpoints, config, data: Inpu
             "weights": weights_name(config)},
       writer=writer, mesh=mesh)
   return report.to_json()
+
+
+def _ib_path_health(model, state, data: InputPipeline) -> Optional[dict]:
+  """SiRIIB's IB-path health (`ib_path.path_health`: dead units of c(·), f_spread) of the
+  evaluated weights on the validation images, with a warning when the path has collapsed;
+  None without a SiRIIB plug-in, a validation split, or with several hosts."""
+  images = data.validation.image
+  if getattr(model, "siriib", None) is None or not len(images) or jax.process_count() > 1:
+    return None
+  variables = jax.device_get(parallel.host_local(evaluated_variables(state)))
+  health = ib_path.path_health(model, variables, np.asarray(to_float(images)))
+  if health.collapsed:
+    logging.warning(
+        "SiRIIB's IB path has collapsed: %.0f%% of c(·)'s last-ReLU units are dead on the "
+        "validation images, f_spread %.2g. The skip features are constants, so this model "
+        "is its backbone plus fixed biases (README, Model).", 100 * health.dead_fraction,
+        health.f_spread)
+  return {**health.summary(), "points": int(len(images)), "on": "validation"}
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -201,6 +220,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   orth_error = losses.orthogonality_error(evaluated_variables(state)["params"])
   if orth_error is not None:
     summary["orthogonality_error"] = float(orth_error)  # Largest ‖W Wᵀ − I‖_F, paper §3.2.
+  health = _ib_path_health(model, state, data)
+  if health is not None:
+    summary["ib_path"] = health
   if status == "completed" and config.final_eval_size:
     summary["final_evaluation"] = _final_evaluation(model, state, checkpoints, config, data,
                                                     workdir, writer, mesh)

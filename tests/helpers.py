@@ -32,6 +32,7 @@ def tiny_training_config(data_dir: str):
   config.batch_size = 8
   config.num_epochs = 2
   config.log_every_steps = 1
+  config.evaluation.skip_ablation = ("clean",)  # No PGD on the ablated model to compile.
   return config
 
 
@@ -115,10 +116,12 @@ def self_labelled_points(model, n=32, seed=0):
 
 
 def fast_evaluation(config):
-  """`config` with a small evaluation: batch 32, Square 100 queries, PGD-10 for large ε."""
+  """`config` with a small evaluation: batch 32, Square 100 queries, PGD-10 for large ε,
+  the skip ablation clean only."""
   e = config.evaluation
   e.batch_size, e.square_queries = 32, 100
   e.checklist.large_eps_attack = "pgd10"
+  e.skip_ablation = ("clean",)
   return config
 
 

@@ -25,6 +25,16 @@ def test_an_unknown_evaluation_attack_is_named(name):
     config_validation.validate_evaluation_config(config)
 
 
+@pytest.mark.parametrize("name", ["adaptive", "pgd-20"])
+def test_the_skip_ablation_takes_clean_and_single_attacks_only(name):
+  config = default.get_config()
+  config.evaluation.skip_ablation = ("clean", name)
+  with pytest.raises(ConfigError, match=rf"evaluation\.skip_ablation.*'{name}' is not an"):
+    config_validation.validate_evaluation_config(config)
+  config.evaluation.skip_ablation = ("clean", "pgd10", "l2-pgd20")
+  config_validation.validate_evaluation_config(config)
+
+
 def test_evaluation_names_are_checked_without_building_an_attack(monkeypatch):
   from siriib_jax.attacks import registry  # pylint: disable=import-outside-toplevel
 

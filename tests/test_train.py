@@ -90,7 +90,13 @@ def test_best_checkpoint_and_final_evaluation(tmp_path, npz_dir):
   config.final_eval_size = 10
   config.final_eval_attacks = ("clean", "pgd20")
   config.evaluation.checklist.large_eps = 0.0
+  config.evaluation.skip_ablation = ("clean", "pgd20")
   summary = _run(config, tmp_path / "run")
+  # SiRIIB's IB path: on the validation images in the summary, on the evaluated points
+  # (with the skip ablation beside the model's own accuracies) in the report.
+  assert summary["ib_path"]["points"] == 10 and 0 <= summary["ib_path"]["ib_dead_fraction"] <= 1
+  ib = summary["final_evaluation"]["meta"]["ib_path"]
+  assert ib["measured"] and set(ib["ablated"]) == {"clean", "pgd20"}
   assert summary["step"] == 6 and set(summary["validation"]) == {"clean", "pgd"}
   assert summary["best_validation_pgd"] >= summary["validation"]["pgd"]
   _, best_step = load_variables(str(tmp_path / "run"), "best")
@@ -99,6 +105,8 @@ def test_best_checkpoint_and_final_evaluation(tmp_path, npz_dir):
   assert final["meta"]["checkpoint"] == "best" and final["meta"]["step"] == best_step
   rows = {row["name"]: row["accuracy"] for row in final["rows"]}
   assert set(rows) == {"clean", "pgd20"} and rows["pgd20"] <= rows["clean"]
+  assert ib["own"] == rows
+  assert "## SiRIIB's IB path" in (tmp_path / "run" / "evaluation" / "robustness.md").read_text()
   assert (tmp_path / "run" / "evaluation" / "robustness.md").exists()
   with open(tmp_path / "run" / "summary.json") as f:
     assert '"status": "completed"' in f.read()

@@ -135,6 +135,14 @@ def test_siriibs_clean_pass_leaves_the_backbones_statistics_to_x_adv(config):
   after, metrics = jax.jit(step)(state, batch, jax.random.key(1))
   assert float(metrics["finite"]) == 1.0 and float(metrics["l_info"]) > 0
   assert float(metrics["f_spread"]) > 0  # Freshly initialised skip features vary with x.
+  assert 0 <= float(metrics["ib_dead_fraction"]) < 1
+  # c(·)'s last BatchNorm shifted far below 0: no unit of its ReLU is active for any image.
+  params = jax.tree_util.tree_map(lambda a: a, state.params)
+  extractor = params["siriib"]["extractor"]
+  last = sorted(k for k in extractor if k.startswith("bn"))[-1]
+  extractor[last]["bias"] = extractor[last]["bias"] - 1e4
+  _, dead = jax.jit(step)(state.replace(params=params), batch, jax.random.key(1))
+  assert float(dead["ib_dead_fraction"]) == 1.0 and float(dead["f_spread"]) < 1e-6
   _, once = model.apply({"params": state.params, "batch_stats": state.batch_stats}, x_adv,
                         train=True, mutable=["batch_stats"])
   for a, b in zip(jax.tree.leaves(after.batch_stats["backbone"]),

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from siriib_jax import losses
 from siriib_jax.evaluation.attack_specs import build_attack, parse_spec
 from siriib_jax.evaluation.batching import attack_key, predict, run_attack
 from siriib_jax.models.model_fn import logits_fn
@@ -27,9 +28,8 @@ COLLAPSE_SPREAD = 1e-3
 
 def dead_unit_fraction(activations: np.ndarray) -> float:
   """The fraction of channels of `activations` (N, H, W, C), a ReLU's output, that no image
-  activates at any position (max over N, H, W is 0). 1.0: every unit dead."""
-  alive = np.max(np.asarray(activations), axis=tuple(range(activations.ndim - 1))) > 0
-  return float(1.0 - np.mean(alive))
+  activates at any position (`losses.dead_unit_fraction`). 1.0: every unit dead."""
+  return float(losses.dead_unit_fraction(jnp.asarray(activations)))
 
 
 class PathHealth(NamedTuple):
@@ -123,7 +123,8 @@ def ablated_logits_fn(model: nn.Module, variables, mean_features) -> jax.tree_ut
 
 def skip_ablation(model: nn.Module, variables, evaluation, x: np.ndarray, y: np.ndarray,
                   attacks: Sequence[str] = ("clean", "pgd20"),
-                  health: Optional[PathHealth] = None, mesh=None) -> dict:
+                  health: Optional[PathHealth] = None, own: Optional[dict] = None,
+                  mesh=None) -> dict:
   """Accuracy (fraction) of the model with each f_i replaced by its mean over `x`: the skip
   ablation, beside the model's own accuracy under the same `attacks`.
 
@@ -134,6 +135,8 @@ def skip_ablation(model: nn.Module, variables, evaluation, x: np.ndarray, y: np.
     attacks: "clean" and attack names of `attack_specs` (each attack keyed by its name and
       `evaluation.seed`, as in the evaluation, so own and ablated face the same randomness).
     health: `path_health` on `x`, if already computed.
+    own: the model's own accuracies already measured with the same names, key and points
+      (the evaluation's rows); the names it lacks are measured here.
   Returns:
     `{"health": health.summary(), "own": {name: accuracy}, "ablated": {name: accuracy}}`.
   Raises:
@@ -145,9 +148,15 @@ def skip_ablation(model: nn.Module, variables, evaluation, x: np.ndarray, y: np.
          "ablated": ablated_logits_fn(model, variables, health.mean_features)}
   result = {"health": health.summary()}
   for which, fn in fns.items():
+    known = dict(own or {}) if which == "own" else {}
+    accuracy = {name: float(known[name]) for name in attacks if name in known}
+    if len(accuracy) == len(attacks):
+      result[which] = accuracy
+      continue
     correct = predict(fn, x, evaluation.batch_size, mesh) == y
-    accuracy = {}
     for name in attacks:
+      if name in accuracy:
+        continue
       if name == "clean":
         accuracy[name] = float(np.mean(correct))
         continue
@@ -155,5 +164,5 @@ def skip_ablation(model: nn.Module, variables, evaluation, x: np.ndarray, y: np.
                            attack_key(evaluation.seed, name), evaluation.batch_size, correct,
                            mesh=mesh)
       accuracy[name] = float(np.mean(correct & ~outcome.success))
-    result[which] = accuracy
+    result[which] = {name: accuracy[name] for name in attacks}
   return result

@@ -99,6 +99,22 @@ def to_markdown(report: Report) -> str:
     lines += ["", "## Adaptive attacks (PGD-20, paper Table 4)", "", markdown.table(
         ["loss", "accuracy (%)", "robust / total"],
         [[r.label, f"{100 * r.accuracy:.2f}", f"{r.robust} / {r.total}"] for r in adaptive])]
+  ib = meta.get("ib_path")
+  if ib and ib.get("measured"):
+    health = ib["health"]
+    label = {r.name: r.label for r in report.rows}
+    lines += ["", "## SiRIIB's IB path", "",
+              f"Dead units of c(·)'s last ReLU: {100 * health['ib_dead_fraction']:.1f} %; "
+              f"f_spread {health['f_spread']:.3g}"
+              + (" — **collapsed**: the skip features are constants, the model is its "
+                 "backbone plus fixed biases." if health["ib_collapsed"] else "."),
+              "", markdown.table(
+                  ["accuracy (%)", *(label.get(n, n) for n in ib["own"])],
+                  [["model", *(f"{100 * v:.2f}" for v in ib["own"].values())],
+                   ["f_i replaced by their mean", *(f"{100 * v:.2f}"
+                                                    for v in ib["ablated"].values())]])]
+  elif ib:
+    lines += ["", f"SiRIIB's IB path: not measured ({ib['reason']})."]
   for name, cascade in report.autoattack.items():
     lines += ["", f"## AutoAttack cascade ({name})", "", markdown.table(
         ["component", "attacked", "broken", "accuracy after (%)", "seconds"],

@@ -24,9 +24,11 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from absl import logging
 
 from siriib_jax.data import InputPipeline
 from siriib_jax.evaluation import adaptive as adaptive_lib
+from siriib_jax.evaluation import ib_path
 from siriib_jax.evaluation.checklist import run_checklist
 from siriib_jax.evaluation.report import Report, Row, to_markdown, write_report
 from siriib_jax import parallel
@@ -170,6 +172,26 @@ def _nonfinite_gradient(fn, x, y):
   return nonfinite_gradient(grad)
 
 
+def _ib_path(model, variables, evaluation, x, y, names, rows, mesh, several) -> Optional[dict]:
+  """SiRIIB's IB-path health and skip ablation (`ib_path.skip_ablation`) on the evaluated
+  points, reusing the rows' own accuracies; None for a model without a SiRIIB plug-in or
+  with `evaluation.skip_ablation = ()`. Not measured with several hosts (each holds a share
+  of the points, and the mean f_i is over all of them)."""
+  if not names:
+    return None
+  if several:
+    return {"measured": False, "reason": "several hosts; run --mode=eval on one host"}
+  own = {r.name: r.accuracy for r in rows if r.name in names and r.group != "checklist"}
+  result = ib_path.skip_ablation(model, variables, evaluation, x, y, names, own=own, mesh=mesh)
+  if result["health"]["ib_collapsed"]:
+    logging.warning(
+        "SiRIIB's IB path has collapsed on these %d points: %.0f%% of c(·)'s last-ReLU units "
+        "are dead, f_spread %.2g; the skip features f_i are constants and the model is its "
+        "backbone plus fixed biases (README, Model).", len(y),
+        100 * result["health"]["ib_dead_fraction"], result["health"]["f_spread"])
+  return {"measured": True, **result}
+
+
 def _selection(data: Points, evaluation, subset_size: Optional[int]) -> str:
   if not isinstance(data, InputPipeline):
     return "given points"
@@ -229,6 +251,11 @@ def evaluate_robustness(model, variables, config: ml_collections.ConfigDict, dat
   validate_threat_models(evaluation, x.shape[1:])  # ε in pixel units, before any compile.
   # Every name parsed (`attack_specs.EXECUTION`) before the first attack runs.
   specs = {name: parse_spec(name, evaluation) for name in attacks if name not in SPECIAL_NAMES}
+  ablation = tuple(evaluation.get("skip_ablation", ())) \
+      if getattr(model, "siriib", None) is not None else ()
+  for name in ablation:
+    if name != "clean":
+      parse_spec(name, evaluation)
   large_eps_spec = checklist_spec(evaluation)
   several, writes = hosts.count > 1, directory is not None and hosts.index == 0
   gather = lambda tree: gather_points(tree, index, total, hosts)
@@ -296,6 +323,8 @@ def evaluate_robustness(model, variables, config: ml_collections.ConfigDict, dat
     attack_row("checklist", f"large-eps-{spec.attack}", spec.attack, spec.label, spec.family,
                spec, build_attack(spec, evaluation), fn)
 
+  ib = _ib_path(model, variables, evaluation, x, y, ablation, rows, mesh, several)
+
   report_meta = {"num_points": int(total), "seed": int(evaluation.seed),
                  "selection": _selection(data, evaluation, subset_size),
                  # One count per class of the model (K: its logits' last dimension).
@@ -308,6 +337,8 @@ def evaluate_robustness(model, variables, config: ml_collections.ConfigDict, dat
                                 "subset_size": int(evaluation.subset_size if subset_size is None
                                                    else subset_size)},
                  **(meta or {})}
+  if ib is not None:
+    report_meta["ib_path"] = ib
   if several:
     report_meta["processes"] = hosts.count
   report = Report(report_meta, rows, cascades,

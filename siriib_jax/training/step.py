@@ -29,7 +29,9 @@ def make_train_step(model, strategy: Strategy, config: ml_collections.ConfigDict
 
   `batch`: `image` (B, H, W, C) uint8, `label` (B,), and `index` (B,) into the training
   set for TE. Randomness is `fold_in(key, state.step)`, so a resumed run repeats it.
-  Metrics are batch means; `finite` is 0 when the update was skipped for a non-finite
+  Metrics are batch means (with SiRIIB as a plug-in, also `f_spread` and
+  `ib_dead_fraction`, the share of c(·)'s last-ReLU channels no clean image of the batch
+  activates: the IB path's health, `evaluation/ib_path.py`); `finite` is 0 when the update was skipped for a non-finite
   loss, gradient or updated parameter (the state then stays as it was).
 
   With `model.siriib.placement = "purifier"` the inner attack and `L_ori` see the plain
@@ -60,21 +62,25 @@ def make_train_step(model, strategy: Strategy, config: ml_collections.ConfigDict
                                mutable=["batch_stats"])
     return out, updates["batch_stats"]
 
-  def siriib_forward(params, batch_stats, x):
-    features, updates = model.apply({"params": params, "batch_stats": batch_stats}, x,
-                                    train=True, method="siriib_features",
-                                    mutable=["batch_stats"])
-    return features, updates["batch_stats"]
+  def clean_siriib_forward(params, batch_stats, x, method):
+    """The clean pass with SiRIIB's c(x_avg) captured: (output, batch_stats, c's last ReLU)."""
+    out, updates = model.apply({"params": params, "batch_stats": batch_stats}, x, train=True,
+                               method=method, mutable=["batch_stats", "intermediates"])
+    return (out, updates["batch_stats"],
+            updates["intermediates"]["siriib"]["extractor_output"][0])
 
   def objective(params, state, x, x_adv, y, index, epoch, with_terms):
     with_siriib, with_purifier = with_terms and use_siriib, with_terms and use_purifier
     stats = state.batch_stats
-    out_clean, features_clean = None, None
-    if strategy.needs_clean:
-      out_clean, stats = forward(params, stats, x)
+    out_clean, features_clean, extracted = None, None, None
+    if strategy.needs_clean and with_siriib:
+      out_clean, stats, extracted = clean_siriib_forward(params, stats, x, None)
       features_clean = out_clean.features
+    elif strategy.needs_clean:
+      out_clean, stats = forward(params, stats, x)
     elif with_siriib:  # L_info's f_i^clean: SiRIIB alone, the backbone's statistics untouched.
-      features_clean, stats = siriib_forward(params, stats, x)
+      features_clean, stats, extracted = clean_siriib_forward(params, stats, x,
+                                                              "siriib_features")
     out_adv, stats = forward(params, stats, x_adv)
     loss_ori = strategy.loss(out_adv.logits, out_clean.logits if out_clean else None, y)
     metrics = {"loss_ori": jnp.mean(loss_ori),
@@ -94,7 +100,8 @@ def make_train_step(model, strategy: Strategy, config: ml_collections.ConfigDict
                                 config.loss.svd_eps)
     metrics.update(l_svd=jnp.mean(terms.svd), l_info=jnp.mean(terms.info), r_tau=terms.orth,
                    orth_error=losses.orthogonality_error(params),
-                   f_spread=losses.feature_spread(features_clean))
+                   f_spread=losses.feature_spread(features_clean),
+                   ib_dead_fraction=losses.dead_unit_fraction(extracted))
     total = losses.siriib_objective(loss_ori, terms, lambda1, lambda2)
     return total, (stats, out_adv.logits, metrics)
 
