@@ -76,12 +76,22 @@ def get_config() -> ml_collections.ConfigDict:
   # on the x_adv of that same step (paper App. C.5, Table 8), each part with its own copy
   # of the optimiser. Checkpoints of one placement do not load in the other.
   config.model.siriib.placement = "plugin"
+  # A guard against the collapse of the IB path (the f_i turning into constants; RESULTS.md,
+  # docs/model.md "The IB path and its guards"): "none", the paper's form; "affine_free_bn",
+  # c(·)'s last BatchNorm without learned scale and shift; "variance", a VICReg hinge on the
+  # batch standard deviation of each f_i, loss.variance_weight × max(0, target − std).
+  # Checkpoints of "affine_free_bn" do not load in the other two, nor theirs in it.
+  config.model.siriib.guard = "none"
 
   # L = L_ori + λ1 (L_svd + L_info) + λ2 R_τ (paper §4.2).
   config.loss = ml_collections.ConfigDict()
   config.loss.lambda1 = 20.0
   config.loss.lambda2 = 1e-4
   config.loss.svd_eps = 1e-6
+  # model.siriib.guard = "variance" only: the hinge's weight and its target standard
+  # deviation of each f_i over the batch (feature units; `losses.variance_hinge`).
+  config.loss.variance_weight = 1.0
+  config.loss.variance_target = 0.05
 
   # Adversarial training (paper §5.1, SPEC §4).
   config.strategy = "pgd_at"  # pgd_at | trades | awp_pgd_at | awp_trades | te | fgsm_at

@@ -130,6 +130,23 @@ def placement_hint(found, expected, found_name: str = "the checkpoint",
   return f" {subject} was written with {setting}."
 
 
+def guard_hint(found, expected, found_name: str = "the checkpoint",
+               expected_name: str = "the model") -> str:
+  """A sentence naming `model.siriib.guard` when one tree has c(·)'s affine-free last
+  BatchNorm (guard "affine_free_bn") and the other does not; "" otherwise."""
+  def affine_free(tree) -> bool:  # Its running statistics are named `…_affine_free`.
+    return any("affine_free" in _path_name(path)
+               for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0])
+  found_free, expected_free = affine_free(found), affine_free(expected)
+  if found_free == expected_free:
+    return ""
+  guard = lambda free: "'affine_free_bn'" if free else "'none' or 'variance'"
+  subject = found_name[:1].upper() + found_name[1:]
+  return (f" {subject} was written with model.siriib.guard={guard(found_free)}, "
+          f"{expected_name} has model.siriib.guard={guard(expected_free)}: set "
+          f"--config.model.siriib.guard to the checkpoint's guard to read it.")
+
+
 AVERAGE_KEY = "averaged_params"  # The train state's field of the weight average.
 
 
@@ -256,6 +273,7 @@ class Checkpoints:
             f"The checkpoint of step {step} in {path} was written by another model or "
             f"configuration than this run's: {mismatch}."
             f"{placement_hint(saved, abstract_state, 'the checkpoint', 'this run')}"
+            f"{guard_hint(saved, abstract_state, 'the checkpoint', 'this run')}"
             f"{averaging_hint(saved, abstract_state, 'the checkpoint', 'this run')} "
             f"It was left as it is. Use the "
             f"config it was trained with (e.g. the same model, model.siriib settings and "
@@ -342,7 +360,8 @@ def load_variables(workdir: str, which: str = "best", expected: Optional[Any] = 
         raise CheckpointError(
             f"The checkpoint of step {step} in {os.path.join(directory, str(step))} holds "
             f"the variables of another model or mode than the configured one: {mismatch}."
-            f"{placement_hint(variables, expected)} Evaluate it with the config it was "
+            f"{placement_hint(variables, expected)}{guard_hint(variables, expected)} "
+            f"Evaluate it with the config it was "
             f"trained with (same model, model.siriib settings and dataset).")
     return variables, step
   raise CheckpointError(f"No checkpoint in {root}: train first, or pass the --workdir of a "

@@ -68,7 +68,7 @@ def validate_training_config(config: ml_collections.ConfigDict) -> None:
     fail("optimizer.decay_factor", o.decay_factor, "it must be in (0, 1]")
   if not o.clip_global_norm >= 0:
     fail("optimizer.clip_global_norm", o.clip_global_norm, "it must be ≥ 0 (0: no clipping)")
-  for key in ("lambda1", "lambda2"):
+  for key in ("lambda1", "lambda2", "variance_weight", "variance_target"):
     if config.loss[key] < 0:
       fail(f"loss.{key}", config.loss[key], "it must be ≥ 0")
   if config.loss.svd_eps <= 0:

@@ -79,6 +79,18 @@ def feature_spread(features: Sequence[jnp.ndarray]) -> jnp.ndarray:
   return sum(spreads) / len(spreads) if spreads else jnp.zeros((), jnp.float32)
 
 
+def variance_hinge(features: Sequence[jnp.ndarray], target: float) -> jnp.ndarray:
+  """Scalar VICReg variance term (Bardes et al., ICLR 2022, eq. 1) on SiRIIB's skip features:
+  `mean_i mean_{h,w,c} max(0, target − sqrt(Var_batch f_i[h,w,c] + 1e-4))`, each `f_i`
+  (B, H_i, W_i, C_i). 0 while every feature varies over the batch by at least `target`
+  (feature units), positive and pushing the spread up below it: a guard against the collapse
+  of the IB path (`model.siriib.guard = "variance"`). float32; 0 for no features."""
+  hinges = [jnp.mean(jax.nn.relu(target - jnp.sqrt(jnp.var(f.astype(jnp.float32), axis=0)
+                                                   + 1e-4)))
+            for f in features]
+  return sum(hinges) / len(hinges) if hinges else jnp.zeros((), jnp.float32)
+
+
 def _gram_residuals(params) -> list:
   """`W Wᵀ − I` of every SR block's W (`models.siriib.sr_weight_matrices`)."""
   residuals = []

@@ -10,8 +10,8 @@ import ml_collections
 
 from siriib_jax.config_errors import ConfigError, check_choice, fail
 from siriib_jax.models.backbones import BACKBONES
-from siriib_jax.models.siriib import (EXTRACTOR_VARIANTS, ORTHOGONALITY_MODES, PLACEMENT_KEY,
-                                     PLACEMENTS, SiRIIB, SRPurifier)
+from siriib_jax.models.siriib import (EXTRACTOR_VARIANTS, GUARDS, ORTHOGONALITY_MODES,
+                                     PLACEMENT_KEY, PLACEMENTS, SiRIIB, SRPurifier)
 
 
 @flax.struct.dataclass
@@ -138,6 +138,7 @@ def _validate_model_config(config: ml_collections.ConfigDict, image_size: int) -
       fail("model.siriib.num_skips", s.num_skips, "it must be 1, 2 or 3 (the paper finds 4 "
            "or more do not converge, §5.2)")
     check_choice("model.siriib.variant", s.variant, EXTRACTOR_VARIANTS)
+    check_choice("model.siriib.guard", s.guard, GUARDS)
   check_choice("model.siriib.orthogonality", s.orthogonality, ORTHOGONALITY_MODES)
   scales = tuple(s.scales)
   if not scales or any(not isinstance(v, int) or not 1 <= v <= image_size for v in scales):
@@ -199,5 +200,5 @@ def create_model(config: ml_collections.ConfigDict, image_size: int,
     siriib = SiRIIB(scales=tuple(s.scales), num_skips=s.num_skips, variant=s.variant,
                     orth_channels=s.orth_channels, fft_eps=s.fft_eps,
                     width_multiplier=config.width_multiplier, dtype=branch_dtype,
-                    orthogonality=s.orthogonality, sr_dtype=sr_dtype)
+                    orthogonality=s.orthogonality, sr_dtype=sr_dtype, guard=s.guard)
   return Classifier(backbone, siriib, tuple(config.mean), tuple(config.std), purifier)

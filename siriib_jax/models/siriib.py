@@ -32,6 +32,12 @@ ORTHOGONAL_MODULE = {"penalty": "orthogonal", "exact": "orthogonal_polar"}
 # (x_avg only), trained with L_svd beside a plain backbone and never feeding it (paper App.
 # C.5, Table 8; docs/purification.md).
 PLACEMENTS = ("plugin", "purifier")
+# Guards of the IB path against collapse (`model.siriib.guard`, docs/model.md): "none",
+# the paper's form; "affine_free_bn", c(·)'s last BatchNorm without learned scale and shift
+# (`FeatureExtractor`); "variance", a VICReg variance hinge on each f_i in the loss
+# (`losses.variance_hinge`, weighted by `loss.variance_weight`).
+GUARDS = ("none", "affine_free_bn", "variance")
+
 # The classifier's top-level parameter key of each placement. The keys differ so that a
 # checkpoint of one placement cannot be restored into a model of the other.
 PLACEMENT_KEY = {"plugin": "siriib", "purifier": "purifier"}
@@ -182,11 +188,24 @@ class FeatureExtractor(nn.Module):
   160 for WRN-28-10) and BN-ReLU, i.e. a copy of the WRN stem and first stage.
   The fixed widths (16, 32, 64 and the 16 of `L` / `XL`) are scaled by `width_multiplier`,
   the backbone's, so a narrow network has a SiRIIB as narrow (1 is the paper's).
+  `guard` (`GUARDS`): "affine_free_bn" drops the learned scale and shift of the BatchNorm
+  before the last ReLU (as SimSiam's projector ends, Chen & He, CVPR 2021), so no learned
+  negative shift can put every unit below 0 for every image; any other value is the paper's.
   """
   variant: str = "base"
   width: int = 64
   width_multiplier: float = 1.0
   dtype: jnp.dtype = jnp.float32
+  guard: str = "none"
+
+  def _last_norm(self, train: bool, name: str):
+    """c(·)'s last BatchNorm; with guard "affine_free_bn" without learned scale and shift,
+    named `<name>_affine_free` so that checkpoints of the two forms do not mix."""
+    if self.guard == "affine_free_bn":
+      return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                          dtype=self.dtype, use_scale=False, use_bias=False,
+                          use_fast_variance=False, name=f"{name}_affine_free")
+    return batch_norm(train, self.dtype, name=name)
 
   @nn.compact
   def __call__(self, x, train: bool):
@@ -194,12 +213,14 @@ class FeatureExtractor(nn.Module):
     if self.variant == "base":
       for i, width in enumerate(widths):
         x = Conv3x3(width, dtype=self.dtype, name=f"conv{i}")(x)
-        x = nn.relu(batch_norm(train, self.dtype, name=f"bn{i}")(x))
+        norm = (self._last_norm(train, f"bn{i}") if i == len(widths) - 1
+                else batch_norm(train, self.dtype, name=f"bn{i}"))
+        x = nn.relu(norm(x))
       return x
     x = Conv3x3(widths[0], dtype=self.dtype, name="conv0")(x)
     for i in range({"L": 2, "XL": 4}[self.variant]):
       x = PreActBlock(self.width, 1, self.dtype, name=f"block{i}")(x, train)
-    return nn.relu(batch_norm(train, self.dtype, name="final_bn")(x))
+    return nn.relu(self._last_norm(train, "final_bn")(x))
 
 
 def sr_average(x: jnp.ndarray, scales: Sequence[int], orth_channels: int, fft_eps: float,
@@ -283,13 +304,14 @@ class SiRIIB(nn.Module):
   dtype: jnp.dtype = jnp.float32
   orthogonality: str = "exact"
   sr_dtype: jnp.dtype = jnp.float32
+  guard: str = "none"
 
   @nn.compact
   def __call__(self, x, targets: Sequence[SkipTarget], train: bool = False):
     x_avg = sr_average(x, self.scales, self.orth_channels, self.fft_eps, self.sr_dtype,
                        self.orthogonality, train)
     h = FeatureExtractor(self.variant, targets[1].channels, self.width_multiplier,
-                         self.dtype, name="extractor")(x_avg, train)
+                         self.dtype, self.guard, name="extractor")(x_avg, train)
     # c(x_avg), c(·)'s last ReLU, for the IB-path health (`evaluation/ib_path.py`); stored
     # only where the caller makes "intermediates" mutable.
     self.sow("intermediates", "extractor_output", h)

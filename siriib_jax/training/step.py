@@ -39,6 +39,9 @@ def make_train_step(model, strategy: Strategy, config: ml_collections.ConfigDict
   `λ1 L_svd(x_avg(x_adv), x) + λ2 R_τ` (`losses.purifier_objective`; metrics `svd_loss`,
   `r_tau`, `orth_error`); no gradient crosses between the two (paper App. C.5).
 
+  With `model.siriib.guard = "variance"` the loss adds `loss.variance_weight ×
+  losses.variance_hinge(f_i(x_clean), loss.variance_target)` (metric `variance_hinge`).
+
   With SiRIIB as a plug-in, `L_info`'s `f_i(x_clean)` comes from SiRIIB alone
   (`Classifier.siriib_features`) unless the strategy needs the clean logits (TRADES): the
   backbone's running statistics then move with x_adv only, as the plain model's do.
@@ -52,6 +55,8 @@ def make_train_step(model, strategy: Strategy, config: ml_collections.ConfigDict
   # The detached SR purifier (paper App. C.5): fitted with L_svd on this step's x_adv; its
   # x_avg feeds nothing, so the backbone's gradient is L_ori's alone.
   use_purifier = siriib.enabled and siriib.placement == "purifier"
+  # The IB path's variance guard (`losses.variance_hinge` on f_i(x_clean), VICReg's term).
+  variance_guard = use_siriib and siriib.guard == "variance"
   schedule = learning_rate_schedule(config, steps_per_epoch)
   lambda1, lambda2 = config.loss.lambda1, config.loss.lambda2
   ensemble = strategy.ensemble
@@ -103,6 +108,10 @@ def make_train_step(model, strategy: Strategy, config: ml_collections.ConfigDict
                    f_spread=losses.feature_spread(features_clean),
                    ib_dead_fraction=losses.dead_unit_fraction(extracted))
     total = losses.siriib_objective(loss_ori, terms, lambda1, lambda2)
+    if variance_guard:
+      hinge = losses.variance_hinge(features_clean, config.loss.variance_target)
+      metrics.update(variance_hinge=hinge)
+      total = total + config.loss.variance_weight * hinge
     return total, (stats, out_adv.logits, metrics)
 
   def train_step(state: TrainState, batch, key):
