@@ -14,6 +14,8 @@ the evaluation points are the same for every run.
     python bench/reproduce.py --out /tmp/siriib_repro            # the RESULTS.md protocol
     python bench/reproduce.py --out /tmp/siriib_clip --models resnet18_sr --clip_global_norm 10
     python bench/reproduce.py --out /tmp/siriib_repro --weight_averaging 0.995  # Averaged.
+    python bench/reproduce.py --out /tmp/siriib_repro --models resnet18_sr --study \
+        --guard affine_free_bn                                 # An IB-path guard, studied.
 
 `--weight_averaging D` trains and evaluates with `weight_averaging.decay = D` (0: off, the
 paper's protocol; docs/weight_averaging.md): its runs are named `<model>_seed<s>_wa<D>` and
@@ -25,6 +27,11 @@ Reads the pixels from ../shared/data (the project's copy of CIFAR-10) and writes
 (`train_and_evaluate`, `evaluate.evaluate`). Results: `--out/results.json` (runs
 already there are skipped, an interrupted run resumes from its checkpoint), and a Markdown
 table of mean ± sample standard deviation over the seeds on stdout.
+
+`--guard G` trains the SiRIIB runs with `model.siriib.guard = G` (runs `<…>_<G>`);
+`--study` adds, for every SiRIIB run (also finished ones that lack it), the IB path's
+health and skip ablation (`evaluation/ib_path.py`) on the `--eval_size` points, Table 4's
+adaptive attacks and the gradient-masking checklist on `--adaptive_size` points.
 """
 
 import argparse
@@ -86,6 +93,7 @@ def run_config(args, data_dir: str, seed: int, siriib: bool):
   config.optimizer.decay_epochs = tuple(args.decay_epochs)
   config.optimizer.clip_global_norm = args.clip_global_norm
   config.weight_averaging.decay = args.weight_averaging
+  config.model.siriib.guard = args.guard
   config.log_every_steps = 20
   config.keep_checkpoints = 1
   config.final_eval_size = 0  # Evaluated below, by `evaluate`.
@@ -94,7 +102,8 @@ def run_config(args, data_dir: str, seed: int, siriib: bool):
   return config
 
 
-def evaluate(config, workdir: pathlib.Path, attacks, subset_size: int) -> dict:
+def evaluate(config, workdir: pathlib.Path, attacks, subset_size: int,
+             checklist: bool = False) -> dict:
   """`attacks` on a stratified subset of the test set (evaluation seed 0), through
   `main.py --mode=eval`'s code; the report is kept as `workdir/evaluation_{attacks}`.
   Returns name -> accuracy (%)."""
@@ -102,11 +111,30 @@ def evaluate(config, workdir: pathlib.Path, attacks, subset_size: int) -> dict:
   config.evaluation.attacks = tuple(attacks)
   config.evaluation.subset_size = subset_size
   config.evaluation.checklist.large_eps = 0.0
+  if checklist:
+    config.evaluation.checklist.large_eps = 64 / 255
   report = evaluate_checkpoint("eval", config, str(workdir))
-  kept = workdir / f"evaluation_{'_'.join(attacks)}"
+  kept = workdir / f"evaluation_{'_'.join(a.replace(':', '-') for a in attacks)}"
   shutil.rmtree(kept, ignore_errors=True)  # From an interrupted earlier attempt.
   (workdir / "evaluation").rename(kept)
-  return {row.name: 100.0 * row.accuracy for row in report.rows}
+  out = {row.name: 100.0 * row.accuracy for row in report.rows}
+  if report.meta.get("ib_path", {}).get("measured"):
+    ib = report.meta["ib_path"]
+    out["ib_path"] = {**ib["health"], "own": ib["own"], "ablated": ib["ablated"]}
+  if checklist:
+    out["checklist_passed"] = report.passed
+  return out
+
+
+def study(config, workdir: pathlib.Path, args) -> dict:
+  """The IB path and the attacks a guard must face: the skip ablation (clean, PGD-20) on the
+  `eval_size` points, then Table 4's adaptive attacks and the gradient-masking checklist
+  (large-ε PGD included) on the first `adaptive_size` of a stratified subset."""
+  ablation = evaluate(config, workdir, ("clean", "pgd20"), args.eval_size)
+  adaptive = evaluate(config, workdir, ("clean", "pgd20", "adaptive"), args.adaptive_size,
+                      checklist=True)
+  return {"ib_path": ablation.get("ib_path"), "checklist_passed": adaptive["checklist_passed"],
+          **{k: v for k, v in adaptive.items() if k.startswith("adaptive:")}}
 
 
 MODELS = ("resnet18", "resnet18_sr")  # Without and with SiRIIB.
@@ -136,6 +164,13 @@ def main():
                       help="weight_averaging.decay (0: off, as the paper; e.g. 0.995)")
   parser.add_argument("--models", choices=MODELS, nargs="+", default=list(MODELS),
                       help="which of the two models to train")
+  parser.add_argument("--guard", default="none",
+                      help="model.siriib.guard of the SiRIIB runs (none: the paper's form)")
+  parser.add_argument("--study", action="store_true",
+                      help="also (and for finished SiRIIB runs without it) the IB-path study: "
+                           "skip ablation, Table 4's adaptive attacks, the checklist")
+  parser.add_argument("--adaptive_size", type=int, default=200,
+                      help="points of the adaptive attacks and the checklist (--study)")
   args = parser.parse_args()
 
   data_dir = write_data(args.out, args.train_size, args.shared)
@@ -146,39 +181,51 @@ def main():
       siriib = model == "resnet18_sr"
       name = f"{model}_seed{seed}" + (f"_wa{args.weight_averaging:g}"
                                       if args.weight_averaging else "")
+      if siriib and args.guard != "none":
+        name += f"_{args.guard}"
+      config, workdir = run_config(args, data_dir, seed, siriib), args.out / name
       if name in results:
+        if siriib and args.study and "checklist_passed" not in results[name]:
+          results[name].update(study(config, workdir, args))
+          results_path.write_text(json.dumps({**results, "_args": {
+              k: str(v) for k, v in vars(args).items()}}, indent=2))
+          results.pop("_args", None)
+          print(name, "study", results[name], flush=True)
         continue
       started = time.time()
-      config, workdir = run_config(args, data_dir, seed, siriib), args.out / name
       summary = train_and_evaluate(config, str(workdir))
       if summary["status"] != "completed":
         raise SystemExit(f"{name}: training {summary['status']}; rerun to resume it")
       accuracies = {**evaluate(config, workdir, ("clean", "pgd20"), args.eval_size),
                     **evaluate(config, workdir, ("autoattack",), args.autoattack_size)}
       results[name] = {"siriib": siriib, "seed": seed, "weight_averaging":
-                       args.weight_averaging, "seconds": time.time() - started,
+                       args.weight_averaging, "guard": args.guard if siriib else "none",
+                       "seconds": time.time() - started,
                        "train_seconds": summary["train_seconds"],
-                       "best_validation_pgd": summary["best_validation_pgd"], **accuracies}
+                       "best_validation_pgd": summary["best_validation_pgd"],
+                       "ib_path_validation": summary.get("ib_path"), **accuracies}
+      if siriib and args.study:
+        results[name].update(study(config, workdir, args))
       results_path.write_text(json.dumps({**results, "_args": {
           k: str(v) for k, v in vars(args).items()}}, indent=2))
       results.pop("_args", None)
       print(name, results[name], flush=True)
 
-  print(f"\n| model | weight averaging | clean | PGD-20 | AutoAttack | runs |\n"
-        f"|---|---|---|---|---|---|")
-  decays = sorted({r.get("weight_averaging", 0.0) for k, r in results.items()
-                   if not k.startswith("_")})
-  for siriib, decay in [(s, d) for d in decays for s in (False, True)]:
+  print(f"\n| model | weight averaging | guard | clean | PGD-20 | AutoAttack | runs |\n"
+        f"|---|---|---|---|---|---|---|")
+  kinds = sorted({(r.get("weight_averaging", 0.0), r.get("guard", "none"))
+                  for k, r in results.items() if not k.startswith("_")})
+  for siriib, decay, guard in [(s, d, g) for d, g in kinds for s in (False, True)]:
     runs = [r for k, r in results.items() if not k.startswith("_") and r["siriib"] == siriib
-            and r.get("weight_averaging", 0.0) == decay]
-    if not runs:
+            and r.get("weight_averaging", 0.0) == decay and r.get("guard", "none") == guard]
+    if not runs or (not siriib and guard != "none"):
       continue
     cells = []
     for metric in ("clean", "pgd20", "autoattack"):
       values = np.array([r[metric] for r in runs])
       cells.append(f"{values.mean():.2f} ± {values.std(ddof=1) if len(values) > 1 else 0:.2f}")
     print(f"| {'ResNet-18-SR' if siriib else 'ResNet-18'} × {args.width} | "
-          f"{decay if decay else 'off'} | {' | '.join(cells)} | {len(runs)} |")
+          f"{decay if decay else 'off'} | {guard} | {' | '.join(cells)} | {len(runs)} |")
 
 
 if __name__ == "__main__":
