@@ -123,6 +123,9 @@ def _parse_args(argv=None):
   p.add_argument("--phases", default="train,clean_pgd20,autoattack",
                  help="comma list of train, clean_pgd20, autoattack; without train, each "
                       "model's --out workdir must hold a finished training")
+  p.add_argument("--weight_averaging", type=float, default=0.0,
+                 help="weight_averaging.decay (0: off, as the paper)")
+  p.add_argument("--guard", default="none", help="model.siriib.guard (none: the paper's)")
   p.add_argument("--toy", action="store_true", help="a few-minute CPU check of the script")
   return p.parse_args(argv)
 
@@ -160,6 +163,8 @@ def make_config(args, data_dir: str, siriib: bool):
   config.optimizer.decay_epochs = (max(1, round(0.75 * args.epochs)),
                                    max(1, round(0.9 * args.epochs)))
   config.batch_size = args.batch_size
+  config.weight_averaging.decay = args.weight_averaging
+  config.model.siriib.guard = args.guard
   config.half_precision = jax.default_backend() != "cpu"
   config.keep_checkpoints = 1
   config.log_every_steps = 100
@@ -212,7 +217,10 @@ def main(argv=None):
       if summary["status"] != "completed":
         raise SystemExit(f"{name}: training {summary['status']}")
       return {"best_validation_pgd": summary.get("best_validation_pgd"),
-              "orthogonality_error": summary.get("orthogonality_error")}
+              "orthogonality_error": summary.get("orthogonality_error"),
+              # SiRIIB's IB path on the validation images (the test points' health and
+              # skip ablation come with clean_pgd20, `reproduce.evaluate`).
+              "ib_path_validation": summary.get("ib_path")}
 
     if "train" in phases:
       phase(name, "trained", "train_seconds", train)
