@@ -10,9 +10,11 @@ import re
 import pytest
 
 from siriib_jax import paper
+from siriib_jax.analysis import paper_sections as sections
 from siriib_jax.config_errors import ConfigError
+from siriib_jax.evaluation import ib_path
 from siriib_jax.train import train_and_evaluate
-from tests.helpers import tiny_training_config, write_npz_dataset
+from tests.helpers import tiny_model, tiny_training_config, write_npz_dataset
 
 
 def _tiny_paper_config(data_dir, siriib: bool):
@@ -89,14 +91,14 @@ def test_reports_are_kept_and_reused_until_the_checkpoint_changes(tmp_path, monk
     row = lambda name, accuracy: type("Row", (), {"name": name, "accuracy": accuracy})
     return type("Report", (), {"rows": [row("clean", 0.5), row("pgd1", 0.25 * len(calls))]})
 
-  monkeypatch.setattr(paper, "evaluate_robustness", fake_evaluate)
-  run = lambda step: paper.Run("ResNet-18-SR", str(tmp_path / "sr"), paper.SIRIIB, config,
-                               None, {}, step)
-  first = paper._Context(config, [run(5)], data, str(tmp_path / "paper")).report(run(5))
-  again = paper._Context(config, [run(5)], data, str(tmp_path / "paper")).report(run(5))
+  monkeypatch.setattr(sections, "evaluate_robustness", fake_evaluate)
+  run = lambda step: sections.Run("ResNet-18-SR", str(tmp_path / "sr"), sections.SIRIIB,
+                                  config, None, {}, step)
+  first = sections.Context(config, [run(5)], data, str(tmp_path / "paper")).report(run(5))
+  again = sections.Context(config, [run(5)], data, str(tmp_path / "paper")).report(run(5))
   assert first == again == {"clean": 50.0, "pgd1": 25.0} and len(calls) == 1
   assert "adaptive" in calls[0]
-  retrained = paper._Context(config, [run(9)], data, str(tmp_path / "paper")).report(run(9))
+  retrained = sections.Context(config, [run(9)], data, str(tmp_path / "paper")).report(run(9))
   assert retrained["pgd1"] == 50.0 and len(calls) == 2
   assert len(os.listdir(tmp_path / "paper" / "reports")) == 2
 
@@ -115,11 +117,11 @@ def test_svd_studies_are_kept_per_checkpoint_not_per_position(tmp_path, monkeypa
     with open(os.path.join(directory, "svd_study.json"), "w") as f:
       json.dump({"call": len(calls)}, f)
 
-  monkeypatch.setattr(paper, "svd_study", fake_svd_study)
-  run = lambda step, name="sr": paper.Run(name, str(tmp_path / name), paper.SIRIIB, config,
-                                          None, {}, step)
-  figure = lambda *runs: paper.figures_1_2(
-      paper._Context(config, list(runs), data, str(tmp_path / "paper")), 1)[1]
+  monkeypatch.setattr(sections, "svd_study", fake_svd_study)
+  run = lambda step, name="sr": sections.Run(name, str(tmp_path / name), sections.SIRIIB,
+                                             config, None, {}, step)
+  figure = lambda *runs: sections.figures_1_2(
+      sections.Context(config, list(runs), data, str(tmp_path / "paper")), 1).pngs
   first = figure(run(5))
   assert figure(run(5)) == first and len(calls) == 1
   retrained = figure(run(9))
@@ -127,3 +129,37 @@ def test_svd_studies_are_kept_per_checkpoint_not_per_position(tmp_path, monkeypa
   # Another run placed first does not take over the first run's study.
   both = figure(run(3, "other"), run(5))
   assert len(calls) == 3 and both[1] == first[0]
+
+
+def test_the_ib_path_section_shows_each_siriib_runs_skip_ablation(tmp_path, monkeypatch):
+  """One row per SiRIIB run with `ib_path.skip_ablation`'s numbers, kept in `reports/`
+  (a rerun reads them); without a SiRIIB run the section is missing."""
+  config = _tiny_paper_config(write_npz_dataset(tmp_path / "data"), True)
+  data = paper.InputPipeline(config.dataset, global_batch_size=16, seed=0, training=False)
+  monkeypatch.setattr(sections, "IB_PATH_ATTACKS", ("clean", "pgd1"))  # A quick compile.
+  model, variables = tiny_model(size=32)
+  run = sections.Run("ResNet-18-SR", str(tmp_path / "sr"), sections.SIRIIB, config, model,
+                     variables, 5)
+  ctx = sections.Context(config, [run], data, str(tmp_path / "paper"))
+  section = sections.ib_path_health(ctx)
+  expected = ib_path.skip_ablation(model, variables, ctx.evaluation, ctx.x, ctx.y,
+                                   attacks=("clean", "pgd1"))
+  assert section.data == {"ResNet-18-SR": expected}
+  health = expected["health"]
+  row = [line for line in section.markdown.splitlines() if line.startswith("| ResNet-18-SR")]
+  assert row == ["| ResNet-18-SR | " + " | ".join(
+      [f"{100 * health['ib_dead_fraction']:.1f}", f"{health['f_spread']:.3g}",
+       "yes" if health["ib_collapsed"] else "no"]
+      + [f"{100 * expected[w][n]:.2f}" for w in ("own", "ablated") for n in ("clean", "pgd1")])
+      + " |"]
+
+  def no_second_measure(*args, **kwargs):
+    raise AssertionError("measured again instead of read from paper/reports/")
+
+  monkeypatch.setattr(ib_path, "skip_ablation", no_second_measure)
+  again = sections.ib_path_health(sections.Context(config, [run], data, str(tmp_path / "paper")))
+  assert again.data == section.data
+  baseline = sections.Run("ResNet-18", str(tmp_path / "r18"), sections.BASELINE, config, model,
+                          variables, 5)
+  with pytest.raises(sections.Missing, match="SiRIIB run"):
+    sections.ib_path_health(sections.Context(config, [baseline], data, str(tmp_path / "p2")))

@@ -1,14 +1,21 @@
 """Square Attack (Andriushchenko et al. 2020) on any image shape: H ≠ W and sides under 5,
 under L∞ and L2, against the exact critical ε of a linear model (`linear_oracle`); its L2
-initialisation and proposals never divide by a zero norm; a NaN margin is an error."""
+initialisation and proposals never divide by a zero norm; a NaN margin is an error. On the
+linear classifier of `tests/linear_attacks.py`: the threat model, soundness, and the p and
+side schedules."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from siriib_jax.attacks.square import _l2_init, _l2_proposal, pseudo_gaussian_bump, square
+from siriib_jax.attacks.projections import per_example_norm
+from siriib_jax.attacks.square import (_l2_init, _l2_proposal, p_schedule, pseudo_gaussian_bump,
+                                       side_schedule, square)
+from tests import linear_attacks
 from tests.helpers import linear_problem
+from tests.linear_attacks import BATCH, SHAPE, compiled, data, l2_radius, linf_radius, run
 from tests.linear_oracle import linear_logits
 
 # Shapes on which the L2 initialisation crashed (64 × 4) or was zero, hence NaN (32 × 6,
@@ -92,3 +99,64 @@ def test_bad_hyper_parameters_are_refused():
                           (dict(p_init=0.0), "p_init"), (dict(p_init=1.5), "p_init")]:
     with pytest.raises(ValueError, match=message):
       square(0.1, "l2", **kwargs)
+
+
+ATTACKS = [("square", "linf"), ("square", "l2")]
+
+
+@pytest.mark.parametrize("name,norm", ATTACKS)
+def test_threat_model_and_success_flags(name, norm):
+  x, y, eps, result = run(name, norm)
+  chex.assert_shape(result.x_adv, SHAPE)
+  chex.assert_shape(result.success, (BATCH,))
+  assert result.success.dtype == bool
+  assert np.all(result.x_adv >= 0.0) and np.all(result.x_adv <= 1.0)
+  assert np.all(per_example_norm(result.x_adv - x, norm) <= eps * (1 + 1e-5))
+  np.testing.assert_array_equal(
+      result.success, np.argmax(linear_attacks.linear_logits(result.x_adv), axis=-1) != y)
+  assert 0 < result.success.sum() < BATCH
+
+
+@pytest.mark.parametrize("name,norm", [("square", "linf")])
+def test_deterministic_for_a_key(name, norm):
+  attack = compiled(name, norm, restarts=2)
+  x, y = data(norm)
+  first, again, other_key = (jax.device_get(attack(x, y, jax.random.PRNGKey(seed)))
+                             for seed in (1, 1, 2))
+  np.testing.assert_array_equal(first.x_adv, again.x_adv)
+  np.testing.assert_array_equal(first.success, again.success)
+  assert not np.array_equal(first.x_adv, other_key.x_adv)  # The key drives the search.
+
+
+# Random search on a linear model with unstructured weights is hard for L2 bumps, hence the
+# smaller "easy" radius there.
+@pytest.mark.parametrize("norm,easy_radius", [("linf", 0.8), ("l2", 0.5)])
+def test_square_is_sound_and_finds_most_non_robust_points(norm, easy_radius):
+  _, _, eps, result = run("square", norm)
+  radius = linf_radius() if norm == "linf" else l2_radius()[0]
+  assert not np.any(result.success & (radius > eps))  # r* lower-bounds the true L2 radius.
+  easy = radius <= easy_radius * eps
+  assert easy.sum() >= BATCH // 4
+  assert result.success[easy].mean() >= 0.8
+
+
+def test_p_schedule_halves_at_the_rescaled_iterations():
+  p = p_schedule(10000, 0.8)
+  np.testing.assert_allclose(p[[0, 10, 11, 50, 51, 1000, 1001, 8000, 8001, 9999]],
+                             0.8 / 2.0**np.array([0, 0, 1, 1, 2, 4, 5, 8, 9, 9]))
+  rescaled = p_schedule(5000, 0.8)
+  np.testing.assert_allclose(rescaled[[5, 6, 4000, 4001]], 0.8 / 2.0**np.array([0, 1, 8, 9]))
+  assert side_schedule(5000, 0.8, 32, 32, "linf")[0] == 29  # round(√(0.8 · 32 · 32)).
+  l2_sides = side_schedule(5000, 0.8, 32, 32, "l2")
+  assert np.all(l2_sides % 2 == 1) and l2_sides.min() == 3
+
+
+@pytest.mark.parametrize("side", [1, 3, 5, 7])  # L2 Square uses odd sides.
+def test_pseudo_gaussian_bump(side):
+  bump = pseudo_gaussian_bump(side)
+  np.testing.assert_allclose(np.linalg.norm(bump), 1.0, rtol=1e-6)
+  assert np.all(bump[:side // 2] > 0) and np.all(bump[side // 2:] < 0)
+  np.testing.assert_allclose(bump, bump[:, ::-1])  # Symmetric about the central column.
+  bottom = np.abs(bump[side // 2:])
+  assert np.argmax(bottom) == np.ravel_multi_index(((side - side // 2) // 2, side // 2),
+                                                   bottom.shape)  # Peak at the centre.
