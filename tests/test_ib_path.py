@@ -85,7 +85,7 @@ def test_skip_ablation_of_a_collapsed_path_equals_the_model_own_accuracy():
   y = np.asarray(model.apply(dead, x).logits).argmax(-1)  # Clean accuracy 1.
   result = ib_path.skip_ablation(model, dead, _evaluation(), x, y, attacks=("clean", "pgd3"))
   assert result["health"]["ib_collapsed"]
-  assert result["own"] == result["ablated"]
+  assert result["own"] == result["ablated"] and result["unused"]
   assert result["own"]["clean"] == 1.0
 
 
@@ -104,4 +104,4 @@ def test_skip_ablation_of_a_live_path_changes_the_accuracy():
   assert (np.asarray(ablated).argmax(-1) != y).any()
   result = ib_path.skip_ablation(model, variables, _evaluation(), x, y, attacks=("clean",))
   assert not result["health"]["ib_collapsed"]
-  assert result["own"]["clean"] == 1.0 > result["ablated"]["clean"]
+  assert result["own"]["clean"] == 1.0 > result["ablated"]["clean"] and not result["unused"]

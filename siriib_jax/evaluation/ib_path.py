@@ -138,7 +138,9 @@ def skip_ablation(model: nn.Module, variables, evaluation, x: np.ndarray, y: np.
     own: the model's own accuracies already measured with the same names, key and points
       (the evaluation's rows); the names it lacks are measured here.
   Returns:
-    `{"health": health.summary(), "own": {name: accuracy}, "ablated": {name: accuracy}}`.
+    `{"health": health.summary(), "own": {name: accuracy}, "ablated": {name: accuracy},
+    "unused": own == ablated}`: `unused` when replacing the f_i by their means changes no
+    accuracy (the model does not use its skip features on these points).
   Raises:
     ValueError: the model has no SiRIIB plug-in; ConfigError: an unknown attack name.
   """
@@ -165,4 +167,6 @@ def skip_ablation(model: nn.Module, variables, evaluation, x: np.ndarray, y: np.
                            mesh=mesh)
       accuracy[name] = float(np.mean(correct & ~outcome.success))
     result[which] = {name: accuracy[name] for name in attacks}
+  # The test that counts: a path with some spread left may still carry nothing used.
+  result["unused"] = result["own"] == result["ablated"]
   return result

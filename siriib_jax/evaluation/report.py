@@ -107,7 +107,9 @@ def to_markdown(report: Report) -> str:
               f"Dead units of c(·)'s last ReLU: {100 * health['ib_dead_fraction']:.1f} %; "
               f"f_spread {health['f_spread']:.3g}"
               + (" — **collapsed**: the skip features are constants, the model is its "
-                 "backbone plus fixed biases." if health["ib_collapsed"] else "."),
+                 "backbone plus fixed biases." if health["ib_collapsed"] else
+                 " — **unused**: replacing the skip features by their means changes no "
+                 "accuracy." if ib.get("unused") else "."),
               "", markdown.table(
                   ["accuracy (%)", *(label.get(n, n) for n in ib["own"])],
                   [["model", *(f"{100 * v:.2f}" for v in ib["own"].values())],
