@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from siriib_jax.attacks.fab import fab_targeted
+from siriib_jax.attacks.projections import per_example_norm
 from siriib_jax.attacks.square import square
 from tests import linear_oracle
 
@@ -95,3 +96,16 @@ def run(name, norm):
   """(x, y, ε, result) of the single-restart attack on the data of its norm."""
   x, y = data(norm)
   return x, y, median_eps(norm), jax.device_get(compiled(name, norm)(x, y, KEY))
+
+
+def assert_in_threat_model_with_true_flags(name, norm):
+  """The attack's x_adv lie in [0, 1] and the ε-ball, its success flags are exactly the
+  misclassified x_adv, and it succeeds on some points but not all."""
+  x, y, eps, result = run(name, norm)
+  assert result.x_adv.shape == SHAPE and result.success.shape == (BATCH,)
+  assert result.success.dtype == bool
+  assert np.all(result.x_adv >= 0.0) and np.all(result.x_adv <= 1.0)
+  assert np.all(per_example_norm(result.x_adv - x, norm) <= eps * (1 + 1e-5))
+  np.testing.assert_array_equal(result.success,
+                                np.argmax(linear_logits(result.x_adv), axis=-1) != y)
+  assert 0 < result.success.sum() < BATCH

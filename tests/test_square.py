@@ -4,7 +4,6 @@ initialisation and proposals never divide by a zero norm; a NaN margin is an err
 linear classifier of `tests/linear_attacks.py`: the threat model, soundness, and the p and
 side schedules."""
 
-import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -15,7 +14,7 @@ from siriib_jax.attacks.square import (_l2_init, _l2_proposal, p_schedule, pseud
                                        side_schedule, square)
 from tests import linear_attacks
 from tests.helpers import linear_problem
-from tests.linear_attacks import BATCH, SHAPE, compiled, data, l2_radius, linf_radius, run
+from tests.linear_attacks import BATCH, compiled, data, l2_radius, linf_radius, run
 from tests.linear_oracle import linear_logits
 
 # Shapes on which the L2 initialisation crashed (64 × 4) or was zero, hence NaN (32 × 6,
@@ -106,15 +105,7 @@ ATTACKS = [("square", "linf"), ("square", "l2")]
 
 @pytest.mark.parametrize("name,norm", ATTACKS)
 def test_threat_model_and_success_flags(name, norm):
-  x, y, eps, result = run(name, norm)
-  chex.assert_shape(result.x_adv, SHAPE)
-  chex.assert_shape(result.success, (BATCH,))
-  assert result.success.dtype == bool
-  assert np.all(result.x_adv >= 0.0) and np.all(result.x_adv <= 1.0)
-  assert np.all(per_example_norm(result.x_adv - x, norm) <= eps * (1 + 1e-5))
-  np.testing.assert_array_equal(
-      result.success, np.argmax(linear_attacks.linear_logits(result.x_adv), axis=-1) != y)
-  assert 0 < result.success.sum() < BATCH
+  linear_attacks.assert_in_threat_model_with_true_flags(name, norm)
 
 
 @pytest.mark.parametrize("name,norm", [("square", "linf")])
