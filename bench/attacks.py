@@ -81,6 +81,36 @@ class SmallCNN(nn.Module):
     return nn.Dense(10)(x)
 
 
+class LightCNN(nn.Module):
+  """Images (B, 32, 32, 3) in [0, 1] → logits (B, 10): three 3×3 convolutions of 32, 64 and
+  128 channels (the last two with stride 2), ReLU after each, global average pooling, one
+  dense layer; about 95k parameters. A model so cheap that an attack's fixed costs (host
+  loop, compilation, padding, synchronisation) decide its time, as on a GPU."""
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    del train
+    for width, stride in ((32, 1), (64, 2), (128, 2)):
+      x = nn.relu(nn.Conv(width, (3, 3), (stride, stride), padding=((1, 1), (1, 1)),
+                          conv_general_dilated=conv_general_dilated)(x))
+    return nn.Dense(10)(x.mean(axis=(1, 2)))
+
+
+class TorchLightCNN(torch.nn.Module):
+  """`LightCNN` in PyTorch (NCHW input)."""
+
+  def __init__(self):
+    super().__init__()
+    for i, (cin, cout, stride) in enumerate(((3, 32, 1), (32, 64, 2), (64, 128, 2))):
+      setattr(self, f"Conv_{i}", torch.nn.Conv2d(cin, cout, 3, stride=stride, padding=1))
+    self.Dense_0 = torch.nn.Linear(128, 10)
+
+  def forward(self, x):
+    for i in range(3):
+      x = F.relu(getattr(self, f"Conv_{i}")(x))
+    return self.Dense_0(x.mean(dim=(2, 3)))
+
+
 class TorchSmallCNN(torch.nn.Module):
   """The same network in PyTorch (NCHW input; flattened in NHWC order as Flax does)."""
 
@@ -120,6 +150,17 @@ def _parse_args(argv=None):
   p.add_argument("--forward-batches", default="",
                  help="comma list of batch sizes: time the forward pass alone at each "
                       "(both frameworks, alternated) and stop")
+  p.add_argument("--model", default="cnn", choices=MODELS,
+                 help="light: strided CNN of ~95k parameters; cnn: conv 32-32-64-64 + dense "
+                      "128; r18 / r18sr: ResNet-18 / ResNet-18-SR at 1/8 width")
+  p.add_argument("--sweep", default="",
+                 help="comma list of models (--model's choices): each attack of --attacks "
+                      "alone on each, against the official code, then stop")
+  p.add_argument("--attacks", default=",".join(SWEEP_ATTACKS),
+                 help="the sweep's attacks: AutoAttack components and autoattack")
+  p.add_argument("--params-dir", default="",
+                 help="folder of trained weights, <model>.msgpack (loaded if there, else "
+                      "written after training); overrides --params")
   p.add_argument("--json", default="")
   return p.parse_args(argv)
 
@@ -133,26 +174,79 @@ def stratified_subset(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
   return np.sort(np.concatenate(idx))
 
 
-def train(steps: int, seed: int):
-  """FGSM-AT of `SmallCNN` on CIFAR-10 train: Adam 1e-3, batch 128. Returns params."""
+def resnet_config(name: str):
+  """`config.model` of ResNet-18 ('r18') or ResNet-18-SR ('r18sr') at 1/8 width (the
+  quickstart's model; default SiRIIB options)."""
+  from siriib_jax.configs import default  # pylint: disable=import-outside-toplevel
+  config = default.get_config()
+  config.model.name = "resnet18"
+  config.model.width_multiplier = 0.125
+  config.model.siriib.enabled = name == "r18sr"
+  return config.model
+
+
+def build_models(name: str, seed: int = 0):
+  """(Flax module, its initial variables, a function that builds the PyTorch model from
+  trained Flax variables) of the sweep's model `name` (MODELS)."""
+  if name in ("light", "cnn"):
+    model = LightCNN() if name == "light" else SmallCNN()
+    torch_class = TorchLightCNN if name == "light" else TorchSmallCNN
+
+    def to_torch(variables):
+      torch_model = torch_class()
+      load_flax_variables(torch_model, variables)
+      return torch_model.eval()
+  else:
+    from siriib_jax import export  # pylint: disable=import-outside-toplevel
+    from siriib_jax.models import create_model  # pylint: disable=import-outside-toplevel
+    import torch_reference  # pylint: disable=import-outside-toplevel
+    model_config = resnet_config(name)
+    model = create_model(model_config, 32)
+
+    def to_torch(variables):
+      torch_model = torch_reference.build_model({"model": model_config.to_dict()})
+      tensors = export.torch_state_dict(variables, model_config)
+      torch_model.load_state_dict({k: torch.from_numpy(v) for k, v in tensors.items()},
+                                  strict=True)
+      return torch_reference.LogitsOnly(torch_model).eval()
+  variables = model.init(jax.random.PRNGKey(seed), jnp.zeros((1, 32, 32, 3)))
+  return model, flax.core.unfreeze(variables), to_torch
+
+
+MODELS = ("light", "cnn", "r18", "r18sr")
+
+
+def train(name: str, steps: int, seed: int):
+  """FGSM-AT (cross-entropy only; also for ResNet-18-SR, whose SiRIIB terms a timing
+  benchmark does not need) of the model `name` on CIFAR-10 train: Adam 1e-3, batch 128,
+  BatchNorm in training mode. Returns (model, variables, to_torch)."""
+  from siriib_jax.models.model_fn import logits_fn as make_logits_fn  # pylint: disable=import-outside-toplevel
   images, labels = cifar.load("cifar10", "train")
-  model = SmallCNN()
-  params = model.init(jax.random.PRNGKey(seed), jnp.zeros((1, 32, 32, 3)))["params"]
+  model, variables, to_torch = build_models(name, seed)
+  params, stats = variables["params"], variables.get("batch_stats", {})
   tx = optax.adam(1e-3)
   opt_state = tx.init(params)
   attack = fgsm(EPS, step_size=1.25 * EPS, random_start=True)
 
+  def forward(p, stats, x):
+    """Logits with the batch's BatchNorm statistics, and the updated running ones."""
+    if not stats:
+      return make_logits_fn(model, {"params": p})(x), stats
+    output, updated = model.apply({"params": p, "batch_stats": stats}, x, train=True,
+                                  mutable=["batch_stats"])
+    return getattr(output, "logits", output), updated["batch_stats"]
+
   @jax.jit
-  def step(params, opt_state, x, y, key):
+  def step(params, stats, opt_state, x, y, key):
     x = x.astype(jnp.float32) / 255.0
-    logits_fn = lambda v: model.apply({"params": params}, v)
-    x_adv = jax.lax.stop_gradient(attack(logits_fn, x, y, key).x_adv)
+    x_adv = jax.lax.stop_gradient(attack(lambda v: forward(params, stats, v)[0], x, y,
+                                         key).x_adv)
     def loss_fn(p):
-      logits = model.apply({"params": p}, x_adv)
-      return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-    loss, grads = jax.value_and_grad(loss_fn)(params)
+      logits, new_stats = forward(p, stats, x_adv)
+      return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), new_stats
+    (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
     updates, opt_state = tx.update(grads, opt_state)
-    return optax.apply_updates(params, updates), opt_state, loss
+    return optax.apply_updates(params, updates), stats, opt_state, loss
 
   rng = np.random.RandomState(seed)
   key = jax.random.PRNGKey(seed + 1)
@@ -162,12 +256,14 @@ def train(steps: int, seed: int):
     x = images[idx]
     flip = rng.rand(128) < 0.5
     x[flip] = x[flip, :, ::-1]
-    params, opt_state, loss = step(params, opt_state, x, labels[idx].astype(np.int32),
-                                   jax.random.fold_in(key, i))
+    params, stats, opt_state, loss = step(params, stats, opt_state, x,
+                                          labels[idx].astype(np.int32),
+                                          jax.random.fold_in(key, i))
   jax.block_until_ready(params)
-  print(f"trained {steps} FGSM-AT steps in {time.perf_counter() - start:.0f} s, last loss "
-        f"{float(loss):.3f}", flush=True)
-  return model, params
+  print(f"trained {name}: {steps} FGSM-AT steps in {time.perf_counter() - start:.0f} s, last "
+        f"loss {float(loss):.3f}", flush=True)
+  variables = {"params": params, **({"batch_stats": stats} if stats else {})}
+  return model, variables, to_torch
 
 
 def torch_pgd(model, x, y, steps=20, alpha=2 / 255, seed=0):
@@ -183,19 +279,20 @@ def torch_pgd(model, x, y, steps=20, alpha=2 / 255, seed=0):
   return x_adv.detach()
 
 
-def time_forward(apply_fn, params, torch_model, x: np.ndarray, repeats: int = 5,
+def time_forward(logits_fn, torch_model, x: np.ndarray, repeats: int = 5,
                  calls: int = 10) -> dict:
   """Median seconds of one forward pass of (B, 32, 32, 3) `x` in JAX (jitted) and PyTorch
   (no_grad), `repeats` alternated rounds of `calls` passes each."""
   x_t = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
-  jax.block_until_ready(apply_fn(params, x))
+  apply = jax.jit(lambda f, v: f(v))
+  jax.block_until_ready(apply(logits_fn, x))
   times = {"jax": [], "torch": []}
   with torch.no_grad():
     torch_model(x_t)
     for _ in range(repeats):
       start = time.perf_counter()
       for _ in range(calls):
-        jax.block_until_ready(apply_fn(params, x))
+        jax.block_until_ready(apply(logits_fn, x))
       times["jax"].append((time.perf_counter() - start) / calls)
       start = time.perf_counter()
       for _ in range(calls):
@@ -204,31 +301,95 @@ def time_forward(apply_fn, params, torch_model, x: np.ndarray, repeats: int = 5,
   return {name: float(np.median(t)) for name, t in times.items()}
 
 
-def time_component(name: str, model, params, torch_model, x_np, y_np, x_t, y_t,
-                   seed: int) -> dict:
-  """One AutoAttack component alone: siriib_jax's evaluation (compilation included, as a
-  user's `--mode=eval` with that one attack pays it) against pyautoattack's, on the same
-  points. Returns seconds and robust accuracy of each."""
+def time_component(name: str, run: dict, seed: int, clock=None) -> dict:
+  """One attack as an evaluation runs it — an AutoAttack component alone, or 'autoattack'
+  (standard) — siriib_jax's `evaluate_robustness(..., attacks=(name,))` (compilation
+  included, as a user's `--mode=eval` with that attack pays it; `clock`, a
+  `gpu_autoattack.CompileClock`, sums it apart) against pyautoattack's (standard settings;
+  `attacks_to_run = [name]` for a component), on `run`'s points (`prepare`), both in one
+  chunk of every point. Returns seconds and robust accuracy of each, and for 'autoattack'
+  the seconds of each component of both."""
   import pyautoattack  # pylint: disable=import-outside-toplevel
   from siriib_jax.configs import default  # pylint: disable=import-outside-toplevel
   from siriib_jax.evaluation import evaluate_robustness  # pylint: disable=import-outside-toplevel
+  from gpu_autoattack import OfficialClock  # pylint: disable=import-outside-toplevel
   config = default.get_config()
-  config.evaluation.batch_size = len(y_np)  # One chunk, as pyautoattack's bs = n below.
+  config.evaluation.batch_size = len(run["y"])  # One chunk, as pyautoattack's bs = n below.
   config.evaluation.seed = seed
   config.evaluation.checklist.large_eps = 0.0  # The attack alone.
+  config.evaluation.skip_ablation = ()
+  if clock is not None:
+    clock.start()
   start = time.perf_counter()
-  report = evaluate_robustness(model, {"params": params}, config, (x_np, y_np),
+  report = evaluate_robustness(run["model"], run["variables"], config, (run["x"], run["y"]),
                                attacks=(name,))
   result = {"jax_s": time.perf_counter() - start, "robust_jax": report.rows[-1].accuracy}
-  adversary = pyautoattack.AutoAttack(torch_model, eps=EPS, norm="Linf", version="standard",
-                                      seed=seed, device="cpu")
-  adversary.attacks_to_run = [name]
-  start = time.perf_counter()
-  x_adv, _ = adversary.run_standard_evaluation(x_t, y_t, batch_size=len(y_np))
-  result["torch_s"] = time.perf_counter() - start
+  if clock is not None:
+    result.update({f"jax_{k}": v for k, v in clock.read().items()})
+  if name == "autoattack":
+    result["jax_components_s"] = {
+        k: round(v.get("seconds", float("nan")), 2)
+        for k, v in report.autoattack.get("autoattack", {}).items()}
+  adversary = pyautoattack.AutoAttack(run["torch_model"], eps=EPS, norm="Linf",
+                                      version="standard", seed=seed, device="cpu")
+  if name != "autoattack":
+    adversary.attacks_to_run = [name]
+  official = OfficialClock()
+  aa_log = logging.getLogger("auto-attack")
+  aa_log.setLevel(logging.DEBUG)
+  aa_log.addHandler(official)
+  try:
+    start = time.perf_counter()
+    x_adv, _ = adversary.run_standard_evaluation(run["x_t"], run["y_t"],
+                                                 batch_size=len(run["y"]))
+    result["torch_s"] = time.perf_counter() - start
+  finally:
+    aa_log.removeHandler(official)
+  if name == "autoattack":
+    result["torch_components_s"] = {k: round(v, 2) for k, v in official.seconds.items()}
   with torch.no_grad():
-    result["robust_torch"] = float((torch_model(x_adv).argmax(-1) == y_t).float().mean())
+    result["robust_torch"] = float((run["torch_model"](x_adv).argmax(-1) == run["y_t"])
+                                   .float().mean())
+  result["ratio"] = result["jax_s"] / result["torch_s"]
   return result
+
+
+SWEEP_ATTACKS = ("apgd-ce", "apgd-t", "fab-t", "square", "autoattack")
+
+
+def sweep(args, out: dict) -> None:
+  """`--sweep`: for each model, each attack of `--attacks` alone (`time_component`),
+  siriib_jax against pyautoattack; a JSON line after each, a Markdown table at the end."""
+  from gpu_autoattack import CompileClock  # pylint: disable=import-outside-toplevel
+  clock = CompileClock()
+  out["xla_threads"] = os.cpu_count()
+  out["sweep"] = {}
+  for name in args.sweep.split(","):
+    run = prepare(name, args)
+    entry = out["sweep"].setdefault(name, {"info": run["info"]})
+    for attack in args.attacks.split(","):
+      entry[attack] = time_component(attack, run, args.seed, clock)
+      print(json.dumps({"model": name, "attack": attack, **entry[attack]}), flush=True)
+      if args.json:
+        with open(args.json, "w") as f:
+          json.dump(out, f, indent=1)
+  print(sweep_table(out["sweep"]))
+  _finish(out, args.json)
+
+
+def sweep_table(results: dict) -> str:
+  """Markdown: one row per model and attack (seconds, compilation, ratio, robust accuracy)."""
+  lines = ["| model | attack | siriib_jax s (compile s) | official s | ratio | robust "
+           "accuracy JAX / official |", "|---|---|---|---|---|---|"]
+  for name, entry in results.items():
+    for attack, r in entry.items():
+      if attack == "info":
+        continue
+      compile_s = r.get("jax_compile_seconds")
+      lines.append(f"| {name} | {attack} | {r['jax_s']:.1f} ({compile_s}) | "
+                   f"{r['torch_s']:.1f} | **{r['ratio']:.2f}** | "
+                   f"{100 * r['robust_jax']:.1f} % / {100 * r['robust_torch']:.1f} % |")
+  return "\n".join(lines)
 
 
 def _load():
@@ -236,51 +397,68 @@ def _load():
     return " ".join(f.read().split()[:3])
 
 
-def main(argv=None):
-  args = _parse_args(argv)
-  out = {"n": args.n, "seed": args.seed, "load_start": _load(),
-         "torch_threads": torch.get_num_threads()}
-  if args.params and os.path.exists(args.params):
-    model = SmallCNN()
-    template = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))["params"]
-    with open(args.params, "rb") as f:
-      params = flax.serialization.from_bytes(template, f.read())
+def prepare(name: str, args) -> dict:
+  """The trained model `name` (loaded from `--params` / `--params-dir` if there, else
+  trained and written there), its PyTorch copy, and the points: logits checked to agree."""
+  path = (os.path.join(args.params_dir, f"{name}.msgpack") if args.params_dir
+          else args.params)
+  if path and os.path.exists(path):
+    model, template, to_torch = build_models(name)
+    with open(path, "rb") as f:
+      variables = flax.serialization.from_bytes(template, f.read())
   else:
-    model, params = train(args.train_steps, args.seed)
-    if args.params:
-      with open(args.params, "wb") as f:
-        f.write(flax.serialization.to_bytes(params))
+    model, variables, to_torch = train(name, args.train_steps, args.seed)
+    if path:
+      with open(path, "wb") as f:
+        f.write(flax.serialization.to_bytes(variables))
+  from siriib_jax.models.model_fn import logits_fn as make_logits_fn  # pylint: disable=import-outside-toplevel
   images, labels = cifar.load("cifar10", "test")
   idx = stratified_subset(labels, args.n, args.seed)
   x_np = images[idx].astype(np.float32) / 255.0
   y_np = labels[idx].astype(np.int32)
-  torch_model = TorchSmallCNN()
-  load_flax_variables(torch_model, {"params": params})
-  torch_model.eval()
+  torch_model = to_torch(variables)
   x_t = torch.from_numpy(x_np).permute(0, 3, 1, 2).contiguous()
   y_t = torch.from_numpy(y_np).long()
-  apply_fn = jax.jit(lambda p, v: model.apply({"params": p}, v))
-  logits_j = np.asarray(apply_fn(params, x_np))
+  logits_fn = make_logits_fn(model, variables)
+  logits_j = np.asarray(jax.jit(lambda f, v: f(v))(logits_fn, x_np))
   with torch.no_grad():
     logits_t = torch_model(x_t).numpy()
-  out["logits_max_abs_diff"] = float(np.abs(logits_j - logits_t).max())
-  assert out["logits_max_abs_diff"] < 1e-4, out["logits_max_abs_diff"]
-  out["clean_acc_jax"] = float((logits_j.argmax(-1) == y_np).mean())
-  out["clean_acc_torch"] = float((logits_t.argmax(-1) == y_np).mean())
+  info = {"model": name, "parameters": int(sum(np.size(a) for a in
+                                             jax.tree_util.tree_leaves(variables["params"]))),
+          "logits_max_abs_diff": float(np.abs(logits_j - logits_t).max()),
+          "clean_acc_jax": float((logits_j.argmax(-1) == y_np).mean()),
+          "clean_acc_torch": float((logits_t.argmax(-1) == y_np).mean())}
+  assert info["logits_max_abs_diff"] < 1e-4 * max(1.0, np.abs(logits_j).max()), info
+  return {"model": model, "variables": variables, "torch_model": torch_model,
+          "logits_fn": logits_fn, "x": x_np, "y": y_np, "x_t": x_t, "y_t": y_t,
+          "info": info}
+
+
+def main(argv=None):
+  args = _parse_args(argv)
+  out = {"n": args.n, "seed": args.seed, "load_start": _load(),
+         "torch_threads": torch.get_num_threads()}
+  if args.sweep:
+    sweep(args, out)
+    return
+  run = prepare(args.model, args)
+  model, variables, torch_model = run["model"], run["variables"], run["torch_model"]
+  x_np, y_np, x_t, y_t = run["x"], run["y"], run["x_t"], run["y_t"]
+  logits_fn = run["logits_fn"]
+  out.update(run["info"])
   print(json.dumps(out), flush=True)
 
   if args.forward_batches:
     for batch in map(int, args.forward_batches.split(",")):
       x_batch = np.resize(x_np, (batch,) + x_np.shape[1:])
-      seconds = time_forward(apply_fn, params, torch_model, x_batch)
+      seconds = time_forward(logits_fn, torch_model, x_batch)
       out[f"forward_{batch}"] = {**seconds, "ratio": seconds["jax"] / seconds["torch"]}
     _finish(out, args.json)
     return
 
   if args.components:
     for name in args.components.split(","):
-      out[name] = time_component(name, model, params, torch_model, x_np, y_np, x_t, y_t,
-                                 args.seed)
+      out[name] = time_component(name, run, args.seed)
       out[name]["ratio"] = out[name]["jax_s"] / out[name]["torch_s"]
       print(json.dumps(out), flush=True)
     _finish(out, args.json)
@@ -288,15 +466,14 @@ def main(argv=None):
 
   # PGD-20.
   pgd20 = get_attack("pgd20", EPS, step_size=2 / 255)
-  logits_fn = jax.tree_util.Partial(apply_fn, params)
-  run = jax.jit(lambda x, y, key: pgd20(logits_fn, x, y, key))
+  pgd_run = jax.jit(lambda f, x, y, key: pgd20(f, x, y, key))
   key = jax.random.PRNGKey(args.seed)
   start = time.perf_counter()
-  compiled = run.lower(x_np, y_np, key).compile()
+  compiled = pgd_run.lower(logits_fn, x_np, y_np, key).compile()
   out["pgd20_jax_compile_s"] = time.perf_counter() - start
   for rep in range(2):  # Alternated, twice.
     start = time.perf_counter()
-    result = compiled(x_np, y_np, key)
+    result = compiled(logits_fn, x_np, y_np, key)
     jax.block_until_ready(result)
     out[f"pgd20_jax_s_{rep}"] = time.perf_counter() - start
     start = time.perf_counter()
