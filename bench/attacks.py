@@ -1,30 +1,36 @@
 """PGD-20 and AutoAttack (standard, L∞ 8/255): siriib_jax against PyTorch / pyautoattack on
 identical weights, in the same run.
 
-A small CNN (conv 32-32-pool-64-64-pool, dense 128, dense 10; no BatchNorm) is defined in
-Flax and in PyTorch. It is trained briefly in JAX with FGSM adversarial training (random
-start, step 1.25 ε; Wong et al. 2020) on CIFAR-10 so that robust accuracy is not trivially
-0, its weights are copied to PyTorch and the logits of both are checked to agree within
-1e-4 on the evaluation points. Then, on `--n` CIFAR-10 test points (a stratified random
-subset, `--seed`):
+Models (`--model`, defined in Flax and in PyTorch): `light`, a strided CNN of ~95k
+parameters (conv 32, conv 64 stride 2, conv 128 stride 2, global average pooling, dense);
+`cnn` (conv 32-32-pool-64-64-pool, dense 128, dense 10; no BatchNorm); `r18` / `r18sr`,
+this project's ResNet-18 / ResNet-18-SR at 1/8 width (copied to `torch_reference.py`'s
+model through `export.torch_state_dict`). Each is trained briefly in JAX on CIFAR-10
+(FGSM-AT, random start, step 1.25 ε, Wong et al. 2020, for the CNNs; PGD-5 AT for the
+ResNets) so that robust accuracy is not trivially 0; the logits of both frameworks are
+checked to agree within 1e-4 on the evaluation points. Then, on `--n` CIFAR-10 test
+points (a stratified random subset, `--seed`):
 
 * PGD-20 (CE, α = 2/255, one random start): siriib_jax `get_attack('pgd20')` (jitted;
   compile timed apart) against a plain PyTorch loop;
-* with `--components`: APGD-T, FAB-T and Square each alone as an evaluation runs them
-  (`evaluate_robustness(..., attacks=(name,))`: only the points still robust, chunks of
-  `evaluation.batch_size` = `--n`) against the official component alone
-  (`pyautoattack.AutoAttack(version='standard')` with `attacks_to_run = [name]`: its
-  standard settings, 9 target classes, 5,000 queries; it also attacks only the points it
-  classifies correctly);
+* with `--components` (one model) or `--sweep` (several): APGD-CE, APGD-T, FAB-T and Square
+  each alone as an evaluation runs them, and AutoAttack standard
+  (`evaluate_robustness(..., attacks=(name,))`: only the points still robust, one chunk of
+  `--n`; cold, as a new process, and warm, `time_component`) against the official code
+  (`pyautoattack.AutoAttack(version='standard')`, `attacks_to_run = [name]` for a
+  component: its standard settings, 9 target classes, 5,000 queries; it also attacks only
+  the points it classifies correctly);
 * AutoAttack standard: siriib_jax `AutoAttack` (cold: with compilation; and warm: a second
   call) against `pyautoattack.AutoAttack(version='standard')`, the official code.
 
 Reported: wall time, the ratio siriib_jax / PyTorch, robust accuracy of each. JAX runs with
-XLA's Eigen convolutions, as `main.py` does (`siriib_jax/xla_cpu.py`).
+XLA's Eigen convolutions, as `main.py` does (`siriib_jax/xla_cpu.py`); both frameworks on
+every core (PyTorch's `torch.get_num_threads()`, XLA's CPU client; both reported).
 
     python bench/attacks.py --help
     python bench/attacks.py --n 500 --train-steps 800
     python bench/attacks.py --n 500 --params /tmp/cnn800.msgpack --components apgd-t,fab-t,square
+    python bench/attacks.py --n 200 --params-dir /tmp/models --sweep light,cnn,r18,r18sr
 
 Needs torch and pyautoattack (bench/requirements.txt) and ../shared/data.
 """
@@ -55,7 +61,7 @@ import torch  # pylint: disable=wrong-import-position
 import torch.nn.functional as F  # pylint: disable=wrong-import-position
 
 import cifar  # pylint: disable=wrong-import-position
-from siriib_jax.attacks import AutoAttack, fgsm, get_attack  # pylint: disable=wrong-import-position
+from siriib_jax.attacks import AutoAttack, fgsm, get_attack, pgd, runner  # pylint: disable=wrong-import-position
 from siriib_jax.models.conv import conv_general_dilated  # pylint: disable=wrong-import-position
 from torch_reference import load_flax_variables  # pylint: disable=wrong-import-position
 
@@ -217,8 +223,8 @@ MODELS = ("light", "cnn", "r18", "r18sr")
 
 
 def train(name: str, steps: int, seed: int):
-  """FGSM-AT (cross-entropy only; also for ResNet-18-SR, whose SiRIIB terms a timing
-  benchmark does not need) of the model `name` on CIFAR-10 train: Adam 1e-3, batch 128,
+  """Adversarial training (cross-entropy only; also for ResNet-18-SR, whose SiRIIB terms a
+  timing benchmark does not need) of the model `name` on CIFAR-10 train: Adam 1e-3, batch 128,
   BatchNorm in training mode. Returns (model, variables, to_torch)."""
   from siriib_jax.models.model_fn import logits_fn as make_logits_fn  # pylint: disable=import-outside-toplevel
   images, labels = cifar.load("cifar10", "train")
@@ -226,7 +232,10 @@ def train(name: str, steps: int, seed: int):
   params, stats = variables["params"], variables.get("batch_stats", {})
   tx = optax.adam(1e-3)
   opt_state = tx.init(params)
-  attack = fgsm(EPS, step_size=1.25 * EPS, random_start=True)
+  # FGSM-AT for the CNNs; the ResNets, whose BatchNorm FGSM-AT overfits catastrophically
+  # in this budget (robust accuracy 0 after 400 steps), with PGD-5 (α = 2/255).
+  attack = (fgsm(EPS, step_size=1.25 * EPS, random_start=True) if name in ("light", "cnn")
+            else pgd(EPS, 2 / 255, 5, keep="last"))
 
   def forward(p, stats, x):
     """Logits with the batch's BatchNorm statistics, and the updated running ones."""
@@ -260,8 +269,8 @@ def train(name: str, steps: int, seed: int):
                                           labels[idx].astype(np.int32),
                                           jax.random.fold_in(key, i))
   jax.block_until_ready(params)
-  print(f"trained {name}: {steps} FGSM-AT steps in {time.perf_counter() - start:.0f} s, last "
-        f"loss {float(loss):.3f}", flush=True)
+  print(f"trained {name}: {steps} adversarial training steps in "
+        f"{time.perf_counter() - start:.0f} s, last loss {float(loss):.3f}", flush=True)
   variables = {"params": params, **({"batch_stats": stats} if stats else {})}
   return model, variables, to_torch
 
@@ -303,12 +312,14 @@ def time_forward(logits_fn, torch_model, x: np.ndarray, repeats: int = 5,
 
 def time_component(name: str, run: dict, seed: int, clock=None) -> dict:
   """One attack as an evaluation runs it — an AutoAttack component alone, or 'autoattack'
-  (standard) — siriib_jax's `evaluate_robustness(..., attacks=(name,))` (compilation
-  included, as a user's `--mode=eval` with that attack pays it; `clock`, a
-  `gpu_autoattack.CompileClock`, sums it apart) against pyautoattack's (standard settings;
+  (standard) — siriib_jax's `evaluate_robustness(..., attacks=(name,))` twice: cold (after
+  `runner.clear_caches`, as a new process without the persistent compilation cache: every
+  program traced and compiled; `clock`, a `gpu_autoattack.CompileClock`, sums the backend
+  compilation apart) and warm (the same call again: nothing compiles, as a repeated
+  evaluation or `--mode=eval` with the cache); then pyautoattack's (standard settings;
   `attacks_to_run = [name]` for a component), on `run`'s points (`prepare`), both in one
-  chunk of every point. Returns seconds and robust accuracy of each, and for 'autoattack'
-  the seconds of each component of both."""
+  chunk of every point. Returns seconds and robust accuracy of each, the ratios cold and
+  warm, and for 'autoattack' the seconds of each component of both."""
   import pyautoattack  # pylint: disable=import-outside-toplevel
   from siriib_jax.configs import default  # pylint: disable=import-outside-toplevel
   from siriib_jax.evaluation import evaluate_robustness  # pylint: disable=import-outside-toplevel
@@ -318,18 +329,23 @@ def time_component(name: str, run: dict, seed: int, clock=None) -> dict:
   config.evaluation.seed = seed
   config.evaluation.checklist.large_eps = 0.0  # The attack alone.
   config.evaluation.skip_ablation = ()
-  if clock is not None:
-    clock.start()
-  start = time.perf_counter()
-  report = evaluate_robustness(run["model"], run["variables"], config, (run["x"], run["y"]),
-                               attacks=(name,))
-  result = {"jax_s": time.perf_counter() - start, "robust_jax": report.rows[-1].accuracy}
-  if clock is not None:
-    result.update({f"jax_{k}": v for k, v in clock.read().items()})
-  if name == "autoattack":
-    result["jax_components_s"] = {
-        k: round(v.get("seconds", float("nan")), 2)
-        for k, v in report.autoattack.get("autoattack", {}).items()}
+  result = {}
+  for call in ("cold", "warm"):  # Cold: as a new process (nothing compiled); warm: again.
+    if call == "cold":
+      runner.clear_caches()
+    if clock is not None:
+      clock.start()
+    start = time.perf_counter()
+    report = evaluate_robustness(run["model"], run["variables"], config,
+                                 (run["x"], run["y"]), attacks=(name,))
+    result[f"jax_{call}_s"] = time.perf_counter() - start
+    result[f"robust_jax_{call}"] = report.rows[-1].accuracy
+    if clock is not None:
+      result.update({f"jax_{call}_{k}": v for k, v in clock.read().items()})
+    if name == "autoattack":
+      result[f"jax_{call}_components_s"] = {
+          k: round(v.get("seconds", float("nan")), 2)
+          for k, v in report.autoattack.get("autoattack", {}).items()}
   adversary = pyautoattack.AutoAttack(run["torch_model"], eps=EPS, norm="Linf",
                                       version="standard", seed=seed, device="cpu")
   if name != "autoattack":
@@ -350,7 +366,8 @@ def time_component(name: str, run: dict, seed: int, clock=None) -> dict:
   with torch.no_grad():
     result["robust_torch"] = float((run["torch_model"](x_adv).argmax(-1) == run["y_t"])
                                    .float().mean())
-  result["ratio"] = result["jax_s"] / result["torch_s"]
+  result["ratio_cold"] = result["jax_cold_s"] / result["torch_s"]
+  result["ratio_warm"] = result["jax_warm_s"] / result["torch_s"]
   return result
 
 
@@ -378,17 +395,20 @@ def sweep(args, out: dict) -> None:
 
 
 def sweep_table(results: dict) -> str:
-  """Markdown: one row per model and attack (seconds, compilation, ratio, robust accuracy)."""
-  lines = ["| model | attack | siriib_jax s (compile s) | official s | ratio | robust "
-           "accuracy JAX / official |", "|---|---|---|---|---|---|"]
+  """Markdown: one row per model and attack (seconds cold and warm, compilation, ratios,
+  robust accuracy)."""
+  lines = ["| model | attack | siriib_jax cold s (compile s, programs) | warm s | official s "
+           "| ratio cold | ratio warm | robust accuracy JAX / official |",
+           "|---|---|---|---|---|---|---|---|"]
   for name, entry in results.items():
     for attack, r in entry.items():
       if attack == "info":
         continue
-      compile_s = r.get("jax_compile_seconds")
-      lines.append(f"| {name} | {attack} | {r['jax_s']:.1f} ({compile_s}) | "
-                   f"{r['torch_s']:.1f} | **{r['ratio']:.2f}** | "
-                   f"{100 * r['robust_jax']:.1f} % / {100 * r['robust_torch']:.1f} % |")
+      lines.append(
+          f"| {name} | {attack} | {r['jax_cold_s']:.1f} ({r.get('jax_cold_compile_seconds')}, "
+          f"{r.get('jax_cold_programs_compiled')}) | {r['jax_warm_s']:.1f} | "
+          f"{r['torch_s']:.1f} | **{r['ratio_cold']:.2f}** | **{r['ratio_warm']:.2f}** | "
+          f"{100 * r['robust_jax_cold']:.1f} % / {100 * r['robust_torch']:.1f} % |")
   return "\n".join(lines)
 
 
@@ -459,7 +479,6 @@ def main(argv=None):
   if args.components:
     for name in args.components.split(","):
       out[name] = time_component(name, run, args.seed)
-      out[name]["ratio"] = out[name]["jax_s"] / out[name]["torch_s"]
       print(json.dumps(out), flush=True)
     _finish(out, args.json)
     return

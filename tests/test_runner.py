@@ -1,8 +1,15 @@
-"""The host-side runner (`attacks/runner.py`): chunk sizes and padding."""
+"""The host-side runner (`attacks/runner.py`): chunk sizes and padding, and a compiled size
+reused where padding is cheaper than compiling."""
 
+import jax
+import numpy as np
 import pytest
 
+from siriib_jax import attacks
+from siriib_jax.attacks import runner
 from siriib_jax.attacks.runner import bucket_size
+from siriib_jax.attacks.sizes import CostBook
+from tests.helpers import linear_attack_problem
 
 
 @pytest.mark.parametrize("bucket", [1, 7, 8, 64, 256, 500])
@@ -12,3 +19,27 @@ def test_chunks_pad_little_to_few_sizes(bucket):
              for n, size in zip(range(1, bucket + 1), sizes))
   for octave in range(1, bucket.bit_length() + 1):  # Sizes in [2^(octave-1), 2^octave).
     assert len({s for s in sizes if s != bucket and s.bit_length() == octave}) <= 8
+
+
+def test_a_partial_chunk_runs_at_a_compiled_size_when_padding_is_cheaper(monkeypatch,
+                                                                         compile_events):
+  """After a call on 16 points has compiled APGD's programs at 16, a call on 13 of them
+  (ladder size 13) runs padded to 16 — on a linear model padding costs microseconds, a
+  compilation far more — compiling nothing, with the flags and x_adv of its own points."""
+  monkeypatch.setattr(runner, "_COSTS", CostBook())
+  fn, x, y, eps, _ = linear_attack_problem(n=16, wrong=0)
+  attack = attacks.apgd(eps, steps=7)
+
+  def run(todo):
+    success, x_adv = np.zeros(len(x), bool), x.copy()
+    runner.attack_points(attack, fn, x, y, jax.random.key(3), todo, success, x_adv,
+                         bucket=16)
+    return success, x_adv
+
+  every = run(np.ones(len(x), bool))
+  compile_events.clear()
+  todo = np.arange(len(x)) < 13
+  some = run(todo)
+  assert "/jax/core/compile/backend_compile_duration" not in compile_events
+  np.testing.assert_array_equal(some[0][todo], every[0][todo])
+  np.testing.assert_allclose(some[1][todo], every[1][todo], rtol=0, atol=1e-6)

@@ -42,6 +42,7 @@ Pass `logits_fn` as a `jax.tree_util.Partial(apply_fn, params)`: it is then a ji
 """
 
 import functools
+import os
 import time
 from typing import Callable, List, NamedTuple, Optional, Tuple
 
@@ -52,6 +53,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from siriib_jax.attacks.base import (QueryAttack, SearchState, Stepped, TargetedAttack,
                                      misclassified)
 from siriib_jax.attacks.gradients import Candidate, worst_case
+from siriib_jax.attacks.sizes import METER, CostBook, signature
 from siriib_jax.attacks.square import _raise_if_nan
 from siriib_jax.attacks.threat_model import check_images
 
@@ -65,6 +67,11 @@ COMPACT_EVERY = 100
 CPU_PIECE = 32
 # The mesh axis the points are sharded over (`parallel.DATA_AXIS`).
 DATA_AXIS = "data"
+# LLVM's optimisation level for the per-point programs on XLA:CPU (XLA's default: 2): level
+# 1 compiles them about a quarter faster, and they run as fast (BENCHMARKS.md §2k).
+CPU_OPTIMIZATION_LEVEL = 1
+# What each per-point program has cost in this process (`sizes.choose_size`).
+_COSTS = CostBook()
 
 
 def bucket_size(n: int, bucket: int, bits: int = SIGNIFICANT_BITS, multiple: int = 1) -> int:
@@ -164,7 +171,16 @@ def per_point(fn) -> Callable:
     keys = jax.vmap(jax.random.fold_in, (None, 0))(key, ids)
     return jax.vmap(one)(x, y, keys, state)
 
-  return jax.jit(run)
+  return jax.jit(run, compiler_options=compiler_options())
+
+
+def compiler_options() -> Optional[dict]:
+  """XLA options of the per-point programs: on XLA:CPU, `CPU_OPTIMIZATION_LEVEL` for
+  LLVM's code generation, unless `XLA_FLAGS` sets the level (None: XLA's defaults)."""
+  if jax.default_backend() != "cpu" or "xla_backend_optimization_level" in os.environ.get(
+      "XLA_FLAGS", ""):
+    return None
+  return {"xla_backend_optimization_level": CPU_OPTIMIZATION_LEVEL}
 
 
 class _Compiled(NamedTuple):
@@ -174,6 +190,15 @@ class _Compiled(NamedTuple):
   advance: Optional[Callable] = None
   predict: Optional[Callable] = None
   finish: Optional[Callable] = None  # A `Stepped` run's result.
+
+
+def clear_caches() -> None:
+  """Forgets every compiled program and measured cost (`jax.clear_caches`, the per-point
+  programs, `sizes.CostBook`): the next evaluation starts as in a new process."""
+  global _COSTS
+  jax.clear_caches()
+  _compiled.cache_clear()
+  _COSTS = CostBook()
 
 
 def _stepped(attack) -> Optional[Stepped]:
@@ -241,18 +266,25 @@ def _record(which: np.ndarray, broke: np.ndarray, x_found: np.ndarray, found: Fo
 
 def _map_points(call, logits_fn, points: Points, key, which: np.ndarray, layout: Layout, *,
                 state=(), shared=(), bits=SIGNIFICANT_BITS, piece: int = 0,
-                after_chunk=None):
+                after_chunk=None, units: float = 1.0):
   """`call` (from `per_point`) on the points `which` (indices into `points`), cut by
   `chunk_plan` (chunks of at most `layout.bucket`); `state`: per-point arrays (leading
-  len(which)). Returns the outputs of those points (NumPy, leading len(which));
-  `after_chunk(chunk, outputs)` after each (`chunk`: a slice of `which`)."""
+  len(which)). A partial chunk runs at a size already compiled where that is expected to
+  cost less than compiling its own (`sizes.choose_size`; `units`: the work per point of a
+  call, e.g. its iterations). Returns the outputs of those points (NumPy, leading
+  len(which)); `after_chunk(chunk, outputs)` after each (`chunk`: a slice of `which`)."""
   outputs = None
   mesh = layout.mesh
   multiple = mesh.size if mesh is not None else 1
   sharding = NamedSharding(mesh, PartitionSpec(DATA_AXIS)) if mesh is not None else None
+  cost_key = (signature(call, logits_fn, points.x[:1], points.y[:1],
+                        jax.tree_util.tree_map(lambda a: a[:1], state), shared)
+              if len(which) else None)
   start = 0
   for n, size in (chunk_plan(len(which), layout.bucket, bits, multiple, piece)
                   if len(which) else []):
+    if not piece:
+      size = _COSTS.size_for(cost_key, n, size, units, layout.bucket, multiple)
     chunk = slice(start, start + n)
     start += n
     pad = np.concatenate([np.arange(chunk.start, chunk.stop),
@@ -262,8 +294,11 @@ def _map_points(call, logits_fn, points: Points, key, which: np.ndarray, layout:
             jax.tree_util.tree_map(lambda a: a[pad], state))
     if sharding is not None:
       args = jax.device_put(args, sharding)
+    began, compiled_before = time.perf_counter(), METER.seconds()
     out = call(logits_fn, args[0], args[1], key, args[2], args[3], *shared)
     out = jax.tree_util.tree_map(lambda a: np.asarray(a)[:n], out)
+    _COSTS.record(cost_key, size, units, time.perf_counter() - began,
+                  METER.seconds() - compiled_before)
     if outputs is None:
       outputs = jax.tree_util.tree_map(
           lambda a: np.empty((len(which),) + a.shape[1:], a.dtype), out)
@@ -460,7 +495,7 @@ def _stepped_runs(stepped: Stepped, compiled: _Compiled, logits_fn, batch: Point
         break
       segment = run(compiled.advance, which=points[attacked][live],
                     state=jax.tree_util.tree_map(lambda a: a[live], state),
-                    shared=shared + (np.int32(start), np.int32(stop)))
+                    shared=shared + (np.int32(start), np.int32(stop)), units=stop - start)
       jax.tree_util.tree_map(lambda whole, part: whole.__setitem__(live, part), state,
                              segment)
       work_done += len(live) * (stop - start)

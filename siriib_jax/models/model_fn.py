@@ -3,6 +3,7 @@ validation and evaluation hand to attacks (`logits_fn`) and to the adaptive atta
 studies (`outputs_fn`)."""
 
 import dataclasses
+import functools
 
 import flax.linen as nn
 import jax
@@ -34,11 +35,24 @@ class ModelFn:
   batch_norm: str = "eval"
 
   def __call__(self, variables, x):
+    return _traced_once(self, variables, x)
+
+  def apply(self, variables, x):
+    """The model on x, traced anew (what `__call__` traces once per input shape)."""
     if self.batch_norm == "train":
       output = self.model.apply(variables, x, train=True, mutable=["batch_stats"])[0]
     else:
       output = self.model.apply(variables, x, train=False)
     return output if self.outputs else _logits(output).astype("float32")
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _traced_once(model_fn: ModelFn, variables, x):
+  """`model_fn.apply` under `jit`: JAX traces the Flax model once per `ModelFn`, variables'
+  structure and input shape, and every program that calls it (an attack's begin and
+  advance, its gradient, the clean pass) reuses that trace instead of running Flax's
+  Python again (BENCHMARKS.md §2k)."""
+  return model_fn.apply(variables, x)
 
 
 def logits_fn(model: nn.Module, variables, batch_norm: str = "eval") -> jax.tree_util.Partial:
