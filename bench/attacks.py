@@ -164,6 +164,8 @@ def _parse_args(argv=None):
                       "alone on each, against the official code, then stop")
   p.add_argument("--attacks", default=",".join(SWEEP_ATTACKS),
                  help="the sweep's attacks: AutoAttack components and autoattack")
+  p.add_argument("--warm", default="apgd-ce,apgd-t",
+                 help="the sweep's attacks also run warm (a second call, nothing compiled)")
   p.add_argument("--params-dir", default="",
                  help="folder of trained weights, <model>.msgpack (loaded if there, else "
                       "written after training); overrides --params")
@@ -310,7 +312,7 @@ def time_forward(logits_fn, torch_model, x: np.ndarray, repeats: int = 5,
   return {name: float(np.median(t)) for name, t in times.items()}
 
 
-def time_component(name: str, run: dict, seed: int, clock=None) -> dict:
+def time_component(name: str, run: dict, seed: int, clock=None, warm: bool = True) -> dict:
   """One attack as an evaluation runs it — an AutoAttack component alone, or 'autoattack'
   (standard) — siriib_jax's `evaluate_robustness(..., attacks=(name,))` twice: cold (after
   `runner.clear_caches`, as a new process without the persistent compilation cache: every
@@ -330,7 +332,7 @@ def time_component(name: str, run: dict, seed: int, clock=None) -> dict:
   config.evaluation.checklist.large_eps = 0.0  # The attack alone.
   config.evaluation.skip_ablation = ()
   result = {}
-  for call in ("cold", "warm"):  # Cold: as a new process (nothing compiled); warm: again.
+  for call in ("cold", "warm") if warm else ("cold",):  # Cold: as a new process; warm: again.
     if call == "cold":
       runner.clear_caches()
     if clock is not None:
@@ -367,7 +369,8 @@ def time_component(name: str, run: dict, seed: int, clock=None) -> dict:
     result["robust_torch"] = float((run["torch_model"](x_adv).argmax(-1) == run["y_t"])
                                    .float().mean())
   result["ratio_cold"] = result["jax_cold_s"] / result["torch_s"]
-  result["ratio_warm"] = result["jax_warm_s"] / result["torch_s"]
+  if warm:
+    result["ratio_warm"] = result["jax_warm_s"] / result["torch_s"]
   return result
 
 
@@ -385,7 +388,8 @@ def sweep(args, out: dict) -> None:
     run = prepare(name, args)
     entry = out["sweep"].setdefault(name, {"info": run["info"]})
     for attack in args.attacks.split(","):
-      entry[attack] = time_component(attack, run, args.seed, clock)
+      entry[attack] = time_component(attack, run, args.seed, clock,
+                                     warm=attack in args.warm.split(","))
       print(json.dumps({"model": name, "attack": attack, **entry[attack]}), flush=True)
       if args.json:
         with open(args.json, "w") as f:
@@ -404,10 +408,12 @@ def sweep_table(results: dict) -> str:
     for attack, r in entry.items():
       if attack == "info":
         continue
+      warm = f"{r['jax_warm_s']:.1f}" if "jax_warm_s" in r else "—"
+      ratio_warm = f"{r['ratio_warm']:.2f}" if "ratio_warm" in r else "—"
       lines.append(
           f"| {name} | {attack} | {r['jax_cold_s']:.1f} ({r.get('jax_cold_compile_seconds')}, "
-          f"{r.get('jax_cold_programs_compiled')}) | {r['jax_warm_s']:.1f} | "
-          f"{r['torch_s']:.1f} | **{r['ratio_cold']:.2f}** | **{r['ratio_warm']:.2f}** | "
+          f"{r.get('jax_cold_programs_compiled')}) | {warm} | {r['torch_s']:.1f} | "
+          f"**{r['ratio_cold']:.2f}** | {ratio_warm} | "
           f"{100 * r['robust_jax_cold']:.1f} % / {100 * r['robust_torch']:.1f} % |")
   return "\n".join(lines)
 

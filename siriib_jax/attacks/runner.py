@@ -266,12 +266,13 @@ def _record(which: np.ndarray, broke: np.ndarray, x_found: np.ndarray, found: Fo
 
 def _map_points(call, logits_fn, points: Points, key, which: np.ndarray, layout: Layout, *,
                 state=(), shared=(), bits=SIGNIFICANT_BITS, piece: int = 0,
-                after_chunk=None, units: float = 1.0):
+                after_chunk=None, units: float = 1.0, repeats: int = 1):
   """`call` (from `per_point`) on the points `which` (indices into `points`), cut by
   `chunk_plan` (chunks of at most `layout.bucket`); `state`: per-point arrays (leading
   len(which)). A partial chunk runs at a size already compiled where that is expected to
   cost less than compiling its own (`sizes.choose_size`; `units`: the work per point of a
-  call, e.g. its iterations). Returns the outputs of those points (NumPy, leading
+  call, e.g. its iterations; `repeats`: how often calls of about this size are still to
+  come). Returns the outputs of those points (NumPy, leading
   len(which)); `after_chunk(chunk, outputs)` after each (`chunk`: a slice of `which`)."""
   outputs = None
   mesh = layout.mesh
@@ -284,7 +285,7 @@ def _map_points(call, logits_fn, points: Points, key, which: np.ndarray, layout:
   for n, size in (chunk_plan(len(which), layout.bucket, bits, multiple, piece)
                   if len(which) else []):
     if not piece:
-      size = _COSTS.size_for(cost_key, n, size, units, layout.bucket, multiple)
+      size = _COSTS.size_for(cost_key, n, size, units * repeats, layout.bucket, multiple)
     chunk = slice(start, start + n)
     start += n
     pad = np.concatenate([np.arange(chunk.start, chunk.stop),
@@ -387,24 +388,24 @@ def attack_points(attack, logits_fn, x: np.ndarray, y: np.ndarray, key: jax.Arra
                 after_chunk=after_chunk)
 
   def by_target(run):
-    """`run(stage, key, rank)` for each target rank of a targeted attack (once, rank 0,
-    for an untargeted one)."""
+    """`run(stage, key, rank, ranks_left)` for each target rank of a targeted attack (once,
+    rank 0, for an untargeted one); `ranks_left` counts this one."""
     if not isinstance(attack, TargetedAttack):
-      run("", key, 0)
+      run("", key, 0, 1)
       return
     classes = num_classes(logits_fn, x, eot_samples)
     ranks = min(attack.n_target_classes, classes - 1)
     for rank in range(1, ranks + 1):
-      run(f"target {rank}/{ranks}", jax.random.fold_in(key, rank), rank)
+      run(f"target {rank}/{ranks}", jax.random.fold_in(key, rank), rank, ranks - rank + 1)
 
   if compiled.finish is not None:
-    by_target(lambda stage, k, rank: _stepped_runs(
+    by_target(lambda stage, k, rank, ranks_left: _stepped_runs(
         _stepped(attack), compiled, logits_fn, points, k, rank, todo, found, layout,
-        functools.partial(report, stage)))
+        functools.partial(report, stage), ranks_left))
   elif compiled.call is not None:
     targeted = isinstance(attack, TargetedAttack)
-    by_target(lambda stage, k, rank: plain(compiled.call, stage, k,
-                                           (np.int32(rank),) if targeted else ()))
+    by_target(lambda stage, k, rank, unused_left: plain(
+        compiled.call, stage, k, (np.int32(rank),) if targeted else ()))
   else:
     _query_loop(attack, compiled, logits_fn, points, key, todo, found, layout, report)
   return success & ~before
@@ -466,7 +467,8 @@ def _query_loop(attack: QueryAttack, compiled: _Compiled, logits_fn, batch: Poin
 
 
 def _stepped_runs(stepped: Stepped, compiled: _Compiled, logits_fn, batch: Points, key, rank,
-                  todo: np.ndarray, found: Found, layout: Layout, report) -> None:
+                  todo: np.ndarray, found: Found, layout: Layout, report,
+                  ranks_left: int = 1) -> None:
   """`attack_points` for a `Stepped` attack, one target rank: its restarts, each on the
   points not yet broken, in segments cut at `stepped.starts`, each on the points not yet
   broken (with `only_robust=False`: every point of `todo`, in one segment)."""
@@ -487,7 +489,10 @@ def _stepped_runs(stepped: Stepped, compiled: _Compiled, logits_fn, batch: Point
                 else np.arange(len(points)))
     if not len(attacked):
       break
-    state = run(compiled.begin, which=points[attacked], shared=shared)
+    # The runs still to come (this one included) meet chunks of about these sizes again:
+    # a size's padding is paid that many times, its compilation once (`sizes.choose_size`).
+    repeats = ranks_left * (stepped.restarts - r)
+    state = run(compiled.begin, which=points[attacked], shared=shared, repeats=repeats)
     for s, start in enumerate(starts):
       stop = starts[s + 1] if s + 1 < len(starts) else stepped.steps
       live = np.flatnonzero(~state.success) if only_robust else np.arange(len(attacked))
@@ -495,7 +500,8 @@ def _stepped_runs(stepped: Stepped, compiled: _Compiled, logits_fn, batch: Point
         break
       segment = run(compiled.advance, which=points[attacked][live],
                     state=jax.tree_util.tree_map(lambda a: a[live], state),
-                    shared=shared + (np.int32(start), np.int32(stop)), units=stop - start)
+                    shared=shared + (np.int32(start), np.int32(stop)),
+                    units=stop - start, repeats=repeats)
       jax.tree_util.tree_map(lambda whole, part: whole.__setitem__(live, part), state,
                              segment)
       work_done += len(live) * (stop - start)
@@ -508,7 +514,7 @@ def _stepped_runs(stepped: Stepped, compiled: _Compiled, logits_fn, batch: Point
       report(len(points) - (0 if finished else still), len(points),
              work_done / max(work_done + work_left, 1), started,
              pending=(broken & ~already).sum())
-    result = run(compiled.finish, which=points[attacked], state=state)
+    result = run(compiled.finish, which=points[attacked], state=state, repeats=repeats)
     if best is None:
       best = result
       continue

@@ -53,7 +53,8 @@ def choose_size(n: int, size: int, costs: Costs, units: float, limit: int,
   """The size to run a chunk of n points at: `size` (the ladder's, ≥ n), or the smallest
   compiled size s of `costs.sizes` with size < s ≤ `limit`, s a multiple of `multiple`,
   whose extra padding (s − size) · units · unit_s is expected to cost less than compiling
-  `size` (`compile_s`). Without both measurements, `size`.
+  `size` (`compile_s`); `units`: the work per point of every call still to come at about
+  this size (e.g. iterations × the targets left). Without both measurements, `size`.
 
   Raises:
     ValueError: n < 1 or size < n.
