@@ -15,10 +15,13 @@ chunks padded with at most three significant bits (m · 2^k, m ∈ {4, …, 7}: 
 sizes per octave and less than 1/4 of padding, so that a slowly shrinking set of points
 compiles a few sizes only; BENCHMARKS.md §2g compares two, three and four bits) — on
 XLA:CPU, in pieces of 32, 16 and 8 points instead (`chunk_plan`: three sizes, less
-padding). APGD and APGD-T (`base.Stepped`) run likewise in segments of iterations, cut at
-`apgd.segment_starts` (5, 10, 22 and 41 of 100), each on the points not yet broken: a
-point's result is its first successful iterate, so its later iterations would change
-nothing.
+padding). A partial chunk runs at a larger size already compiled where its padding, over
+the runs still to come, is expected to cost less than a new size (`sizes.choose_size`,
+from this process's measured times): on a cheap model or an accelerator a compilation
+costs more than many padded points. APGD and APGD-T (`base.Stepped`) run likewise in
+segments of iterations, cut at `apgd.segment_starts` (5, 10, 22 and 41 of 100), each on the
+points not yet broken: a point's result is its first successful iterate, so its later
+iterations would change nothing.
 
 Exactly as if every point were attacked: each point is attacked alone — the attack is
 `jax.vmap`ped over points, each a batch of one with its own PRNG key
