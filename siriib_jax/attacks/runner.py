@@ -377,7 +377,7 @@ def attack_points(attack, logits_fn, x: np.ndarray, y: np.ndarray, key: jax.Arra
       progress(Progress(stage, int(done), int(total), int((~success).sum()) - int(pending),
                         float(fraction), time.perf_counter() - started))
 
-  def plain(call, stage, k, shared=()):
+  def plain(call, stage, k, shared=(), repeats=1):
     which = _to_attack(todo, success, only_robust)
     started = time.perf_counter()
 
@@ -388,7 +388,7 @@ def attack_points(attack, logits_fn, x: np.ndarray, y: np.ndarray, key: jax.Arra
     if not len(which):
       report(stage, 0, 0, 1.0, started)
     _map_points(call, logits_fn, points, k, which, layout, shared=shared,
-                after_chunk=after_chunk)
+                after_chunk=after_chunk, repeats=repeats)
 
   def by_target(run):
     """`run(stage, key, rank, ranks_left)` for each target rank of a targeted attack (once,
@@ -407,8 +407,8 @@ def attack_points(attack, logits_fn, x: np.ndarray, y: np.ndarray, key: jax.Arra
         functools.partial(report, stage), ranks_left))
   elif compiled.call is not None:
     targeted = isinstance(attack, TargetedAttack)
-    by_target(lambda stage, k, rank, unused_left: plain(
-        compiled.call, stage, k, (np.int32(rank),) if targeted else ()))
+    by_target(lambda stage, k, rank, ranks_left: plain(
+        compiled.call, stage, k, (np.int32(rank),) if targeted else (), ranks_left))
   else:
     _query_loop(attack, compiled, logits_fn, points, key, todo, found, layout, report)
   return success & ~before

@@ -94,18 +94,22 @@ class CostBook:
   def record(self, key: Hashable, size: int, units: float, seconds: float,
              compile_s: float = 0.0) -> None:
     """One call of the program `key` on `size` padded points and `units` of work each,
-    `seconds` in all, `compile_s` of them in XLA's backend compilation. A size's first call
-    also traces, lowers and compiles (or loads from the persistent cache) its program: its
-    time beyond the run expected from the latest `unit_s` is the cost of a new size (for the
-    program's first call, its whole time); later calls measure `unit_s`."""
+    `seconds` in all, `compile_s` of them in XLA's backend compilation. The program's first
+    call measures the cost of a size by its compilation alone (its tracing and lowering go
+    to the run, so the run is overestimated and reuse underestimated). A later new size's
+    first call also traces, lowers and compiles (or loads from the persistent cache) its
+    program: its time beyond the run expected from `unit_s` is the cost of a new size.
+    Calls of a size already run measure `unit_s`."""
     old = self.get(key)
     work = size * max(units, 1e-9)
     if size in old.sizes:
       self._costs[key] = old._replace(unit_s=seconds / work)
-      return
-    expected = old.unit_s * work if old.unit_s is not None else 0.0
-    unit_s = old.unit_s if old.unit_s is not None else max(seconds - compile_s, 0.0) / work
-    self._costs[key] = Costs(old.sizes | {size}, max(seconds - expected, compile_s), unit_s)
+    elif old.unit_s is None:
+      self._costs[key] = Costs(frozenset({size}), compile_s,
+                               max(seconds - compile_s, 0.0) / work)
+    else:
+      self._costs[key] = Costs(old.sizes | {size},
+                               max(seconds - old.unit_s * work, compile_s), old.unit_s)
 
 
 def signature(call, *args) -> Hashable:
