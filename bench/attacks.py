@@ -63,6 +63,7 @@ import torch.nn.functional as F  # pylint: disable=wrong-import-position
 import cifar  # pylint: disable=wrong-import-position
 from siriib_jax.attacks import AutoAttack, fgsm, get_attack, pgd, runner  # pylint: disable=wrong-import-position
 from siriib_jax.models.conv import conv_general_dilated  # pylint: disable=wrong-import-position
+from siriib_jax.models.model_fn import logits_fn as make_logits_fn  # pylint: disable=wrong-import-position
 from torch_reference import load_flax_variables  # pylint: disable=wrong-import-position
 
 EPS = 8 / 255
@@ -228,7 +229,6 @@ def train(name: str, steps: int, seed: int):
   """Adversarial training (cross-entropy only; also for ResNet-18-SR, whose SiRIIB terms a
   timing benchmark does not need) of the model `name` on CIFAR-10 train: Adam 1e-3, batch 128,
   BatchNorm in training mode. Returns (model, variables, to_torch)."""
-  from siriib_jax.models.model_fn import logits_fn as make_logits_fn  # pylint: disable=import-outside-toplevel
   images, labels = cifar.load("cifar10", "train")
   model, variables, to_torch = build_models(name, seed)
   params, stats = variables["params"], variables.get("batch_stats", {})
@@ -437,7 +437,6 @@ def prepare(name: str, args) -> dict:
     if path:
       with open(path, "wb") as f:
         f.write(flax.serialization.to_bytes(variables))
-  from siriib_jax.models.model_fn import logits_fn as make_logits_fn  # pylint: disable=import-outside-toplevel
   images, labels = cifar.load("cifar10", "test")
   idx = stratified_subset(labels, args.n, args.seed)
   x_np = images[idx].astype(np.float32) / 255.0

@@ -70,8 +70,9 @@ COMPACT_EVERY = 100
 CPU_PIECE = 32
 # The mesh axis the points are sharded over (`parallel.DATA_AXIS`).
 DATA_AXIS = "data"
-# LLVM's optimisation level for the per-point programs on XLA:CPU (XLA's default: 2): level
-# 1 compiles them about a quarter faster, and they run as fast (BENCHMARKS.md §2k).
+# LLVM's optimisation level for the per-point programs on XLA:CPU (XLA's default: 2): on the
+# one CPU measured (AMD EPYC, BENCHMARKS.md §2k) level 1 compiled them about a quarter
+# faster, and they ran as fast.
 CPU_OPTIMIZATION_LEVEL = 1
 # What each per-point program has cost in this process (`sizes.choose_size`).
 _COSTS = CostBook()

@@ -8,7 +8,7 @@ this process from the calls' own time (`CostBook`).
 """
 
 import threading
-from typing import Dict, Hashable, Iterable, NamedTuple, Optional
+from typing import Dict, Hashable, NamedTuple, Optional
 
 import jax
 
@@ -63,10 +63,9 @@ def choose_size(n: int, size: int, costs: Costs, units: float, limit: int,
     raise ValueError(f"need 1 ≤ n ≤ size, got n={n}, size={size}")
   if size in costs.sizes or costs.compile_s is None or costs.unit_s is None:
     return size
-  larger = sorted(s for s in costs.sizes if size < s <= limit and s % multiple == 0)
-  for s in larger[:1]:
-    if (s - size) * units * costs.unit_s < costs.compile_s:
-      return s
+  larger = [s for s in costs.sizes if size < s <= limit and s % multiple == 0]
+  if larger and (min(larger) - size) * units * costs.unit_s < costs.compile_s:
+    return min(larger)
   return size
 
 
