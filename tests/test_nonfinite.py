@@ -23,7 +23,7 @@ from siriib_jax.attacks.base import misclassified
 from siriib_jax.attacks.projections import per_example_norm
 from siriib_jax.configs import default
 from siriib_jax.evaluation import evaluate_robustness
-from siriib_jax.evaluation.batching import NO_PREDICTION, predict
+from siriib_jax.evaluation.batching import NO_PREDICTION, clean_pass, predict
 from tests.helpers import fast_evaluation
 
 EPS = {"linf": 8 / 255, "l2": 0.25}
@@ -135,6 +135,18 @@ def test_misclassified_and_predict_give_nan_logits_no_class():
   classes = predict(jax.tree_util.Partial(lambda v: logits[v.reshape(-1).astype(int)]),
                     images, batch_size=4)
   np.testing.assert_array_equal(classes, [NO_PREDICTION, 1, NO_PREDICTION, 0])
+
+
+def test_clean_pass_gives_predict_classes_and_flags_the_nan_gradient_points():
+  x, y = points()
+  inf_at_two = lambda v: sqrt_logits(v).at[2, 0].set(jnp.inf)  # Point 2: a logit is inf.
+  for fn in (sqrt_logits, inf_at_two):
+    fn = jax.tree_util.Partial(fn)
+    classes, nonfinite = clean_pass(fn, x, y, batch_size=8)
+    np.testing.assert_array_equal(classes, predict(fn, x, batch_size=8))
+    np.testing.assert_array_equal(nonfinite[[0, 1, 3, 4, 5, 6, 7]],
+                                  [True, True, False, True, True, False, False])
+  assert classes[2] == NO_PREDICTION and list(classes[:2]) == [1, 2]
 
 
 def test_evaluate_robustness_reports_the_exact_accuracy_and_counts_nan_gradients(tmp_path):

@@ -25,6 +25,8 @@ from jax.sharding import Mesh
 from siriib_jax import parallel
 
 from siriib_jax.attacks.autoattack import AutoAttack, ComponentResult
+from siriib_jax.attacks.gradients import nonfinite_gradient
+from siriib_jax.attacks.objectives import cross_entropy
 from siriib_jax.attacks.runner import COMPACT_EVERY, Progress, attack_points
 from siriib_jax.attacks.threat_model import check_images
 from siriib_jax.data import InputPipeline
@@ -144,6 +146,28 @@ def predict(logits_fn, images: np.ndarray, batch_size: int,
   `NO_PREDICTION` (−1, equal to no label) where a logit of the image is NaN or ±inf: such
   a point is neither correctly classified nor an adversarial example."""
   return map_batches(functools.partial(_predict, logits_fn), (images,), batch_size, mesh)
+
+
+@jax.jit
+def _clean_pass(fn, x, y):
+  def loss(v):
+    logits = fn(v).astype(jnp.float32)
+    return jnp.sum(cross_entropy(logits, y)), logits
+  grad, logits = jax.grad(loss, has_aux=True)(x)
+  finite = jnp.all(jnp.isfinite(logits), axis=-1)
+  return jnp.where(finite, jnp.argmax(logits, axis=-1), NO_PREDICTION), nonfinite_gradient(grad)
+
+
+def clean_pass(logits_fn, images: np.ndarray, labels: np.ndarray, batch_size: int,
+               mesh: Optional[Mesh] = None) -> tuple[np.ndarray, np.ndarray]:
+  """What an evaluation reads at the clean points, from one forward and backward pass per
+  batch (`map_batches`): (N,) predicted classes (`predict`'s, `NO_PREDICTION` where a
+  logit is not finite) and (N,) bool, the cross-entropy's input gradient at x has a NaN or
+  ±inf entry (`gradients.nonfinite_gradient`; the report's
+  `meta.nonfinite_gradient_points`). `images` (N, H, W, C) float in [0, 1]; `labels` (N,)
+  int."""
+  return map_batches(functools.partial(_clean_pass, logits_fn), (images, labels),
+                     batch_size, mesh)
 
 
 class Outcome(NamedTuple):

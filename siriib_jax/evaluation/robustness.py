@@ -18,10 +18,7 @@ import os
 import re
 from typing import Optional, Sequence, Union
 
-import functools
-
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
@@ -32,14 +29,12 @@ from siriib_jax.evaluation import ib_path
 from siriib_jax.evaluation.checklist import run_checklist
 from siriib_jax.evaluation.report import Report, Row, to_markdown, write_report
 from siriib_jax import parallel
-from siriib_jax.evaluation.batching import (Outcome, attack_key, evaluation_mesh, map_batches,
+from siriib_jax.evaluation.batching import (Outcome, attack_key, clean_pass, evaluation_mesh,
                                             predict, run_attack, select_points)
 from siriib_jax.evaluation.hosts import (Hosts, Share, current_hosts, gather_max, gather_points,
                                          select_share, share_index)
 from siriib_jax.attacks.autoattack import ComponentResult
 from siriib_jax.attacks.threat_model import check_images
-from siriib_jax.attacks.gradients import nonfinite_gradient
-from siriib_jax.attacks.objectives import cross_entropy
 from siriib_jax.evaluation.progress import ProgressLog
 from siriib_jax.evaluation.attack_specs import (SPECIAL_NAMES, AttackSpec, build_attack,
                                                 checklist_spec, parse_spec,
@@ -163,15 +158,6 @@ def save_examples(path: str, outcome: Outcome, fn, y: np.ndarray,
            label=y, index=np.arange(len(y)))
 
 
-@jax.jit
-def _nonfinite_gradient(fn, x, y):
-  """(B,) bool: the cross-entropy's input gradient at the clean x (B, H, W, C) has a NaN or
-  ±inf entry (`gradients.nonfinite_gradient`), counted in the report's
-  `meta.nonfinite_gradient_points`."""
-  grad = jax.grad(lambda v: jnp.sum(cross_entropy(fn(v).astype(jnp.float32), y)))(x)
-  return nonfinite_gradient(grad)
-
-
 def _ib_path(model, variables, evaluation, x, y, names, rows, mesh, several) -> Optional[dict]:
   """SiRIIB's IB-path health and skip ablation (`ib_path.skip_ablation`) on the evaluated
   points, reusing the rows' own accuracies; None for a model without a SiRIIB plug-in or
@@ -263,11 +249,9 @@ def evaluate_robustness(model, variables, config: ml_collections.ConfigDict, dat
   variables = jax.device_put(parallel.host_local(variables), parallel.replicated(mesh))
   fn, batch_size = logits_fn(model, variables), evaluation.batch_size
   # This host's points (`local_*`), then every host's in the global order.
-  local_prediction = predict(fn, x, batch_size, mesh)
+  local_prediction, local_nonfinite = clean_pass(fn, x, y, batch_size, mesh)
   local_correct = local_prediction == y
-  clean_prediction, labels = gather((local_prediction, y))
-  nonfinite = gather(map_batches(functools.partial(_nonfinite_gradient, fn), (x, y),
-                                 batch_size, mesh))
+  clean_prediction, labels, nonfinite = gather((local_prediction, y, local_nonfinite))
   clean_correct = clean_prediction == labels
   rows, cascades = [], {}
   log = ProgressLog(writer, f"host {hosts.index + 1}/{hosts.count}" if several else "")
