@@ -36,6 +36,7 @@ Needs torch and pyautoattack (bench/requirements.txt) and ../shared/data.
 """
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -155,8 +156,8 @@ def _parse_args(argv=None):
                  help="file of the trained CNN's parameters: loaded if it exists, else "
                       "written after training")
   p.add_argument("--forward-batches", default="",
-                 help="comma list of batch sizes: time the forward pass alone at each "
-                      "(both frameworks, alternated) and stop")
+                 help="comma list of batch sizes: time the forward pass and the input "
+                      "gradient alone at each (both frameworks, alternated) and stop")
   p.add_argument("--model", default="cnn", choices=MODELS,
                  help="light: strided CNN of ~95k parameters; cnn: conv 32-32-64-64 + dense "
                       "128; r18 / r18sr: ResNet-18 / ResNet-18-SR at 1/8 width")
@@ -290,25 +291,37 @@ def torch_pgd(model, x, y, steps=20, alpha=2 / 255, seed=0):
   return x_adv.detach()
 
 
-def time_forward(logits_fn, torch_model, x: np.ndarray, repeats: int = 5,
+def time_forward(logits_fn, torch_model, x: np.ndarray, y: np.ndarray, repeats: int = 5,
                  calls: int = 10) -> dict:
   """Median seconds of one forward pass of (B, 32, 32, 3) `x` in JAX (jitted) and PyTorch
-  (no_grad), `repeats` alternated rounds of `calls` passes each."""
+  (no_grad), and of one input gradient of the summed cross-entropy with labels `y` (B,)
+  (what a gradient attack's iteration computes: `jax_grad`, `torch_grad`), `repeats`
+  alternated rounds of `calls` each."""
   x_t = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
+  y_t = torch.from_numpy(y).long()
   apply = jax.jit(lambda f, v: f(v))
-  jax.block_until_ready(apply(logits_fn, x))
-  times = {"jax": [], "torch": []}
-  with torch.no_grad():
-    torch_model(x_t)
-    for _ in range(repeats):
-      start = time.perf_counter()
-      for _ in range(calls):
-        jax.block_until_ready(apply(logits_fn, x))
-      times["jax"].append((time.perf_counter() - start) / calls)
-      start = time.perf_counter()
-      for _ in range(calls):
-        torch_model(x_t)
-      times["torch"].append((time.perf_counter() - start) / calls)
+  grad = jax.jit(jax.grad(lambda v, f, labels: jnp.sum(
+      optax.softmax_cross_entropy_with_integer_labels(f(v), labels))))
+
+  def torch_grad():
+    v = x_t.clone().requires_grad_(True)
+    loss = F.cross_entropy(torch_model(v), y_t, reduction="sum")
+    return torch.autograd.grad(loss, v)[0]
+
+  jobs = {"jax": lambda: jax.block_until_ready(apply(logits_fn, x)),
+          "jax_grad": lambda: jax.block_until_ready(grad(x, logits_fn, y)),
+          "torch": lambda: torch_model(x_t), "torch_grad": torch_grad}
+  times = {name: [] for name in jobs}
+  for name, job in jobs.items():  # Warm-up (and compilation).
+    with torch.no_grad() if name == "torch" else contextlib.nullcontext():
+      job()
+  for _ in range(repeats):
+    for name, job in jobs.items():
+      with torch.no_grad() if name == "torch" else contextlib.nullcontext():
+        start = time.perf_counter()
+        for _ in range(calls):
+          job()
+        times[name].append((time.perf_counter() - start) / calls)
   return {name: float(np.median(t)) for name, t in times.items()}
 
 
@@ -476,8 +489,10 @@ def main(argv=None):
   if args.forward_batches:
     for batch in map(int, args.forward_batches.split(",")):
       x_batch = np.resize(x_np, (batch,) + x_np.shape[1:])
-      seconds = time_forward(logits_fn, torch_model, x_batch)
-      out[f"forward_{batch}"] = {**seconds, "ratio": seconds["jax"] / seconds["torch"]}
+      seconds = time_forward(logits_fn, torch_model, x_batch, np.resize(y_np, batch))
+      out[f"forward_{batch}"] = {**seconds, "ratio": seconds["jax"] / seconds["torch"],
+                                 "ratio_grad": seconds["jax_grad"] / seconds["torch_grad"]}
+      print(json.dumps({"batch": batch, **out[f"forward_{batch}"]}), flush=True)
     _finish(out, args.json)
     return
 
