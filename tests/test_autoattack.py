@@ -83,6 +83,7 @@ def test_square_segments_compile_few_chunk_sizes():
   attack_points(attack, fn, x, y, jax.random.key(0), clean_correct, success, x_adv,
                 bucket=16, compact_every=4)
   assert _compiled(attack).advance._cache_size() <= 3  # pylint: disable=protected-access
+  assert _compiled(attack).score._cache_size() <= 3  # pylint: disable=protected-access
 
 
 @pytest.mark.parametrize("targeted", [False, True])

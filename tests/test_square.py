@@ -93,6 +93,32 @@ def test_a_nan_margin_is_an_error(norm):
     np.asarray(result.success)
 
 
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_iteration_minus_one_is_the_initial_perturbation(norm):
+  """`advance` from `fresh_state` over iteration −1 alone gives the initial perturbation
+  (L∞: vertical stripes x ± ε; L2: norm ε) and its margin; running on from there in two
+  segments gives the state of one segment."""
+  w, b, x, y, eps, _ = linear_problem(10, norm, n=6, shape=(8, 8, 3))
+  x = np.clip(np.asarray(x), 2 * eps, 1 - 2 * eps) if norm == "linf" else np.asarray(x)
+  logits_fn = lambda images: linear_logits(jnp.asarray(w), jnp.asarray(b), images)
+  attack = square(eps, norm, queries=30)
+  advance = jax.jit(attack.advance, static_argnums=0)
+  key = jax.random.key(3)
+  first = advance(logits_fn, x, y, key, 0, attack.fresh_state(x), -1, 0)
+  delta = np.asarray(first.x) - x
+  if norm == "linf":
+    np.testing.assert_allclose(np.abs(delta), eps, rtol=1e-5)
+    np.testing.assert_array_equal(np.sign(delta), np.sign(delta[:, :1]).repeat(8, axis=1))
+  else:
+    np.testing.assert_allclose(_size(delta, "l2"), eps, rtol=1e-4)
+  np.testing.assert_allclose(first.margin, attack.margin(logits_fn, first.x, y), rtol=1e-6)
+  whole = advance(logits_fn, x, y, key, 0, attack.fresh_state(x), -1, 30)
+  split = advance(logits_fn, x, y, key, 0, first, 0, 12)
+  split = advance(logits_fn, x, y, key, 0, split, 12, 30)
+  for a, c in zip(whole, split):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(c))
+
+
 def test_bad_hyper_parameters_are_refused():
   for kwargs, message in [(dict(queries=0), "queries"), (dict(restarts=0), "restarts"),
                           (dict(p_init=0.0), "p_init"), (dict(p_init=1.5), "p_init")]:

@@ -166,11 +166,12 @@ class QueryAttack:
   Attributes:
     all_queries: the `Attack` over every restart and query.
     margin: `(logits_fn, x, y) -> (B,)` the margin z_y − max_{j≠y} z_j the loop lowers.
-    begin: `(logits_fn, x, y, key, restart) -> SearchState`, the start of restart
-      `restart` (an int32 scalar, traced) on every point of the batch.
     advance: `(logits_fn, x, y, key, restart, state, start, stop) -> SearchState`,
-      iterations start … stop − 1 (int32 scalars, traced) of that restart; a point stops
-      once misclassified.
+      iterations start … stop − 1 (int32 scalars, traced) of restart `restart` (an int32
+      scalar, traced) on every point of the batch; a point stops once misclassified.
+      Iteration −1 draws the initial perturbation: start = −1 begins the restart from
+      `fresh_state(x)`.
+    fresh_state: `x (B, H, W, C) -> SearchState`, NumPy, the state a restart begins from.
     queries: iterations per restart.
     restarts: restarts; restart r attacks the points whose best margin over restarts
       0 … r − 1 (the clean margin for r = 0) is still > 0, and a point keeps the lowest
@@ -178,8 +179,8 @@ class QueryAttack:
   """
   all_queries: Attack
   margin: Callable[..., jnp.ndarray]
-  begin: Callable[..., SearchState]
   advance: Callable[..., SearchState]
+  fresh_state: Callable[..., SearchState]
   queries: int
   restarts: int
 

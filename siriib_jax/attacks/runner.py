@@ -53,7 +53,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from siriib_jax.attacks.base import (QueryAttack, SearchState, Stepped, TargetedAttack,
+from siriib_jax.attacks.base import (QueryAttack, Stepped, TargetedAttack,
                                      misclassified)
 from siriib_jax.attacks.gradients import Candidate, worst_case
 from siriib_jax.attacks.sizes import METER, CostBook, signature
@@ -189,11 +189,17 @@ def compiler_options() -> Optional[dict]:
 
 class _Compiled(NamedTuple):
   call: Optional[Callable] = None   # Plain attack, or one target of a targeted attack.
-  margin: Optional[Callable] = None  # A query loop's pieces.
-  begin: Optional[Callable] = None  # A query loop's or a `Stepped` run's pieces.
-  advance: Optional[Callable] = None
-  predict: Optional[Callable] = None
+  score: Optional[Callable] = None  # A query loop's margin and verdict (`_score`).
+  begin: Optional[Callable] = None  # A `Stepped` run's start.
+  advance: Optional[Callable] = None  # A query loop's or a `Stepped` run's iterations.
   finish: Optional[Callable] = None  # A `Stepped` run's result.
+
+
+def _score(attack: QueryAttack, logits_fn, x, y):
+  """A query loop's margin at x and whether x is misclassified (`base.misclassified`), from
+  one forward pass: the clean margins and the final verdict share one program."""
+  logits = logits_fn(x)
+  return attack.margin(lambda _: logits, x, y), misclassified(logits, y)
 
 
 def clear_caches() -> None:
@@ -221,11 +227,9 @@ def _compiled(attack) -> _Compiled:
         finish=per_point(lambda f, x, y, k, s: stepped.finish(s)))
   if isinstance(attack, QueryAttack):
     return _Compiled(
-        margin=per_point(lambda f, x, y, k, s: attack.margin(f, x, y)),
-        begin=per_point(lambda f, x, y, k, s, r: attack.begin(f, x, y, k, r)),
+        score=per_point(lambda f, x, y, k, s: _score(attack, f, s, y)),
         advance=per_point(lambda f, x, y, k, s, r, a, b: attack.advance(f, x, y, k, r, s, a,
-                                                                           b)),
-        predict=per_point(lambda f, x, y, k, s: misclassified(f(s), y)))
+                                                                           b)))
   if isinstance(attack, TargetedAttack):
     return _Compiled(call=per_point(
         lambda f, x, y, k, s, rank: attack.single_target(f, x, y, k, rank)))
@@ -426,10 +430,12 @@ def _query_loop(attack: QueryAttack, compiled: _Compiled, logits_fn, batch: Poin
   run = functools.partial(_map_points, logits_fn=logits_fn, points=batch, key=key,
                           layout=layout, bits=QUERY_SIGNIFICANT_BITS, piece=_piece(layout.mesh))
   best_x = batch.x[points].copy()
-  best_margin = run(compiled.margin, which=points)
+  best_margin, _ = run(compiled.score, which=points, state=best_x)
   invalid = np.isnan(best_margin)
   queries = attack.queries
-  bounds = list(range(0, queries, layout.compact_every)) if only_robust else [0]
+  # Iteration −1, the initial perturbation, opens the first segment.
+  bounds = [-1] + (list(range(layout.compact_every, queries, layout.compact_every))
+                   if only_robust else [])
   for r in range(attack.restarts):
     started = time.perf_counter()
     stage = f"restart {r + 1}/{attack.restarts}" if attack.restarts > 1 else ""
@@ -438,7 +444,7 @@ def _query_loop(attack: QueryAttack, compiled: _Compiled, logits_fn, batch: Poin
       report(stage, 0, 0, 1.0, started)
       break
     shared = (np.int32(r),)
-    state = SearchState(*run(compiled.begin, which=points[attacked], shared=shared))
+    state = attack.fresh_state(batch.x[points[attacked]].copy())
     work_done = 0
     for s, start in enumerate(bounds):
       stop = bounds[s + 1] if s + 1 < len(bounds) else queries
@@ -466,7 +472,7 @@ def _query_loop(attack: QueryAttack, compiled: _Compiled, logits_fn, batch: Poin
     nan[points[invalid]] = True
     _raise_if_nan(nan)
   # Success is re-read from one forward pass on x_adv, as `square` does.
-  broke = run(compiled.predict, which=points, state=best_x)
+  _, broke = run(compiled.score, which=points, state=best_x)
   _record(points, broke, best_x, found, layout.broken_only)
 
 

@@ -31,7 +31,7 @@ Deviations from the reference implementation (fra31/auto-attack, `square.py`):
     zero", so every such point would otherwise look broken-through or done.
   * Restarts run inside one `lax.fori_loop`; each attacks only the points still correctly
     classified, and the lowest-margin point over the restarts is returned.
-  * The query loop can also be run in segments (`base.QueryAttack`: `begin`, `advance`),
+  * The query loop can also be run in segments (`base.QueryAttack`: `advance`),
     iteration i of a restart drawing from `fold_in(key, i)` in whichever segment it runs:
     the evaluation gathers the points still to attack between segments, as the reference
     queries only the points not yet broken.
@@ -258,25 +258,24 @@ def _proposal_fn(x_shape, queries: int, p_init: float, eps: float, norm: str):
                                                 bumps[level_of_iter[i]], eps)
 
 
-def _begin(logits_fn: LogitsFn, x: jnp.ndarray, y: jnp.ndarray, key_run: jax.Array,
-           attacked: jnp.ndarray, init_fn) -> SearchState:
-  """The start of one restart (Algorithm 1, line 1) on the `attacked` (B,) points: the
-  initial perturbation and its margin; `invalid` where that margin is NaN."""
-  k_init, _ = jax.random.split(key_run)
-  x_best = init_fn(k_init, x)
-  margin = _margin(logits_fn, x_best, y)
-  return SearchState(x_best, margin, attacked & jnp.isnan(margin))
+def fresh_state(x: jnp.ndarray) -> SearchState:
+  """The state a restart begins from (`advance` with start = −1): x (B, H, W, C) itself,
+  margin +inf (the initial perturbation is always accepted), nothing invalid; NumPy arrays
+  beside x (the runner updates them in place)."""
+  return SearchState(x, np.full(x.shape[:1], np.inf, np.float32), np.zeros(x.shape[:1], bool))
 
 
 def _advance(logits_fn: LogitsFn, x: jnp.ndarray, y: jnp.ndarray, key_run: jax.Array,
-             state: SearchState, attacked: jnp.ndarray, start, stop,
-             proposal_fn) -> SearchState:
+             state: SearchState, attacked: jnp.ndarray, start, stop, proposal_fn,
+             init_fn) -> SearchState:
   """Iterations start … stop − 1 of one restart of the random search (Algorithm 1) on the
   `attacked` (B,) points, from `state`; a point stops once misclassified (margin ≤ 0), and
-  the loop once no point is left or a NaN margin was met. Iteration i draws its proposal
-  from `fold_in(key_loop, i)` whatever the segment it runs in, so running the iterations
-  in several segments gives the same result as one loop."""
-  _, k_loop = jax.random.split(key_run)
+  the loop once no point is left or a NaN margin was met. Iteration −1 (start = −1, from
+  `fresh_state`) is the initial perturbation (line 1, `init_fn`, drawn from
+  `split(key_run)[0]`); iteration i ≥ 0 draws its proposal from `fold_in(key_loop, i)`
+  whatever the segment it runs in, so running the iterations in several segments gives the
+  same result as one loop."""
+  k_init, k_loop = jax.random.split(key_run)
 
   def active(margin):
     return attacked & (margin > 0)
@@ -287,7 +286,8 @@ def _advance(logits_fn: LogitsFn, x: jnp.ndarray, y: jnp.ndarray, key_run: jax.A
 
   def step(carry):
     i, x_best, margin, nan = carry
-    x_new = proposal_fn(jax.random.fold_in(k_loop, i), i, x, x_best)
+    x_new = jnp.where(i < 0, init_fn(k_init, x),
+                      proposal_fn(jax.random.fold_in(k_loop, i), i, x, x_best))
     new_margin = _margin(logits_fn, x_new, y)
     accept = active(margin) & (new_margin < margin)
     x_best = jnp.where(accept[:, None, None, None], x_new, x_best)
@@ -334,16 +334,12 @@ def square(eps: float, norm: str = "linf", queries: int = 5000, p_init: float = 
     raise ValueError(f"p_init is a fraction of the pixels, in (0, 1]; got {p_init}")
   init = functools.partial(_linf_init if norm == "linf" else _l2_init, eps=eps)
 
-  def begin(logits_fn: LogitsFn, x, y, key, restart) -> SearchState:
-    attacked = jnp.ones(y.shape, bool)
-    return _begin(logits_fn, x, y, jax.random.fold_in(key, restart), attacked, init)
-
   def advance(logits_fn: LogitsFn, x, y, key, restart, state: SearchState, start,
               stop) -> SearchState:
     proposal = _proposal_fn(x.shape, queries, p_init, eps, norm)
     attacked = jnp.ones(y.shape, bool)
     return _advance(logits_fn, x, y, jax.random.fold_in(key, restart), state, attacked,
-                    start, stop, proposal)
+                    start, stop, proposal, init)
 
   def attack(logits_fn: LogitsFn, x: jnp.ndarray, y: jnp.ndarray,
              key: jax.Array) -> AttackResult:
@@ -353,8 +349,8 @@ def square(eps: float, norm: str = "linf", queries: int = 5000, p_init: float = 
       x_best, margin, nan = best
       attacked = margin > 0
       key_run = jax.random.fold_in(key, r)
-      run = _begin(logits_fn, x, y, key_run, attacked, init)
-      run = _advance(logits_fn, x, y, key_run, run, attacked, 0, queries, proposal)
+      run = _advance(logits_fn, x, y, key_run, fresh_state(x), attacked, -1,
+                     queries, proposal, init)
       better = attacked & (run.margin < margin)
       return (jnp.where(better[:, None, None, None], run.x, x_best),
               jnp.where(better, run.margin, margin), nan | run.invalid)
@@ -365,4 +361,4 @@ def square(eps: float, norm: str = "linf", queries: int = 5000, p_init: float = 
     success = misclassified(logits_fn(x_adv), y)
     return AttackResult(x_adv, success)
 
-  return QueryAttack(attack, _margin, begin, advance, queries, restarts)
+  return QueryAttack(attack, _margin, advance, fresh_state, queries, restarts)
