@@ -96,7 +96,7 @@ def test_stepped_runs_drop_broken_points_with_the_attack_result(targeted):
   steps = 12  # Cut at 1, 3 and 5 (`apgd.segment_starts`).
   attack = (attacks.apgd_targeted(eps, steps=steps, n_target_classes=2, restarts=2)
             if targeted else attacks.apgd(eps, steps=steps, restarts=2))
-  assert attack.stepped.starts == (0, 1, 3, 5)
+  assert attack.stepped.starts == (-1, 1, 3, 5)
   key = jax.random.key(5)
   success, x_adv, events = ~clean_correct, x.copy(), []
   attack_points(attack, fn, x, y, key, clean_correct, success, x_adv, bucket=8,
@@ -116,6 +116,32 @@ def test_stepped_runs_drop_broken_points_with_the_attack_result(targeted):
   assert 0 < broken.sum() < clean_correct.sum()
   # Points broken early left the run: some report came with 0 < done < total.
   assert any(0 < p.done < p.total for p in events), [(p.done, p.total) for p in events]
+
+
+@pytest.mark.parametrize("targeted", [False, True])
+def test_a_stepped_run_begins_at_iteration_minus_one(targeted):
+  """`advance` from `fresh_state` over iteration −1 alone is APGD's start (Algorithm 1): a
+  random point of the ε-ball, its loss, η = 2ε; for APGD-T the target ranked `rank` by the
+  clean logits. The run thus needs one program per chunk size."""
+  fn, x, y, eps, _ = linear_attack_problem(n=6)
+  attack = (attacks.apgd_targeted(eps, steps=12, n_target_classes=2) if targeted
+            else attacks.apgd(eps, steps=12))
+  stepped = attack.stepped
+  advance = jax.jit(stepped.advance)
+  rank = np.int32(2 if targeted else 0)
+  start = advance(fn, x, y, jax.random.key(0), rank, np.int32(0),
+                  stepped.fresh_state(x), np.int32(-1), np.int32(0))
+  delta = np.asarray(start.x) - x
+  assert 0 < np.abs(delta).max() <= eps * (1 + 1e-6)
+  np.testing.assert_array_equal(start.x_best, start.x)
+  np.testing.assert_allclose(start.eta, 2 * eps, rtol=1e-6)
+  if targeted:
+    ranked = np.argsort(-np.asarray(fn(x)), axis=-1)
+    np.testing.assert_array_equal(start.target, ranked[:, 2])
+  else:
+    logits = np.asarray(fn(start.x))
+    expected = -jax.nn.log_softmax(logits)[np.arange(len(y)), y]
+    np.testing.assert_allclose(start.loss, expected, rtol=1e-5)
 
 
 def _autoattack(norm):

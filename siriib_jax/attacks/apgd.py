@@ -82,16 +82,26 @@ class ApgdState(NamedTuple):
   target: jnp.ndarray
 
 
-def _begin(objective, x, y, key, target, *, eps, norm, steps) -> ApgdState:
+def fresh_state(x, xp=np) -> ApgdState:
+  """The state a run begins from (`_advance` with start = −1): zeros of the shapes and
+  dtypes of one run on x (B, H, W, C); NumPy arrays (`xp=np`, what a runner updates in
+  place) or `jax.numpy` ones (`xp=jnp`, inside a traced function)."""
+  images = lambda: xp.zeros(x.shape, x.dtype)  # One array per field: updated in place.
+  per_point = lambda dtype: xp.zeros(x.shape[:1], dtype)
+  return ApgdState(x=images(), x_prev=images(), loss=per_point(np.float32), grad=images(),
+                   x_best=images(), loss_best=per_point(np.float32), grad_best=images(),
+                   x_success=images(), success=per_point(bool), eta=per_point(x.dtype),
+                   increases=per_point(np.float32), loss_best_at_check=per_point(np.float32),
+                   halved_at_check=per_point(bool), target=per_point(np.int32))
+
+
+def _start(x0, y, loss0, logits0, grad0, target, eps) -> ApgdState:
   """The state of one run (Algorithm 1) at its random start x⁽⁰⁾, before iteration 0."""
-  key_start, key_eot = jax.random.split(key)
-  x0 = random_start(key_start, x, eps, norm)
-  loss0, logits0, grad0 = value_logits_and_grad(objective, x0, jax.random.fold_in(key_eot, steps))
   return ApgdState(
       x=x0, x_prev=x0, loss=loss0, grad=grad0,
       x_best=x0, loss_best=loss0, grad_best=grad0,
       x_success=x0, success=misclassified(logits0, y),
-      eta=jnp.full(y.shape, 2.0 * eps, x.dtype),
+      eta=jnp.full(y.shape, 2.0 * eps, x0.dtype),
       increases=jnp.zeros(y.shape, jnp.float32),
       loss_best_at_check=loss0, halved_at_check=jnp.zeros(y.shape, bool),
       target=target)
@@ -99,24 +109,21 @@ def _begin(objective, x, y, key, target, *, eps, norm, steps) -> ApgdState:
 
 def _advance(objective, x, y, key, state: ApgdState, start, stop, *, eps, norm, steps, rho,
              momentum, unroll) -> ApgdState:
-  """Iterations start … stop − 1 of the run that `_begin` started with the same `key`;
-  iteration i draws from `fold_in(key, i)` whichever segment it runs in, so segments give
-  the state of one loop. `start`, `stop` may be traced (then `unroll` must be 1)."""
+  """Iterations start … stop − 1 of the run keyed by `key`. Iteration −1 (start = −1, from
+  `fresh_state`) is the random start x⁽⁰⁾ (drawn from `split(key)[0]`) and its loss and
+  gradient; iteration i ≥ 0 draws from `fold_in(split(key)[1], i)` whichever segment it runs
+  in, so segments give the state of one loop. `start`, `stop` may be traced (then `unroll`
+  must be 1)."""
   check = np.zeros(steps, bool)
   interval = np.ones(steps, np.float32)
   previous = 0
   for w in checkpoints(steps):
     check[w - 1], interval[w - 1], previous = True, w - previous, w
   check, interval = jnp.asarray(check), jnp.asarray(interval)
-  _, key_eot = jax.random.split(key)
+  key_start, key_eot = jax.random.split(key)
   expand = lambda v: v.reshape((-1,) + (1,) * (x.ndim - 1))
 
-  def step(i, s: ApgdState) -> ApgdState:
-    a = jnp.where(i == 0, 1.0, momentum).astype(x.dtype)
-    z = project(s.x + expand(s.eta) * normalized_step(s.grad, norm), x, eps, norm)
-    x_new = project(s.x + a * (z - s.x) + (1 - a) * (s.x - s.x_prev), x, eps, norm)
-    loss, logits, grad = value_logits_and_grad(objective, x_new,
-                                               jax.random.fold_in(key_eot, i))
+  def update(i, s: ApgdState, x_new, loss, logits, grad) -> ApgdState:
     newly = misclassified(logits, y) & ~s.success
     improved = loss > s.loss_best
     where = lambda c, u, v: jnp.where(expand(c) if u.ndim > 1 else c, u, v)
@@ -139,6 +146,24 @@ def _advance(objective, x, y, key, state: ApgdState, start, stop, *, eps, norm, 
         loss_best_at_check=jnp.where(check[i], s.loss_best, s.loss_best_at_check),
         halved_at_check=jnp.where(check[i], halve, s.halved_at_check))
 
+  def step(i, s: ApgdState) -> ApgdState:
+    begins = i < 0
+
+    def momentum_step():
+      a = jnp.where(i == 0, 1.0, momentum).astype(x.dtype)
+      z = project(s.x + expand(s.eta) * normalized_step(s.grad, norm), x, eps, norm)
+      return project(s.x + a * (z - s.x) + (1 - a) * (s.x - s.x_prev), x, eps, norm)
+
+    x_new = jax.lax.cond(begins, lambda: random_start(key_start, x, eps, norm),
+                         momentum_step)
+    loss, logits, grad = value_logits_and_grad(
+        objective, x_new, jax.random.fold_in(key_eot, jnp.where(begins, steps, i)))
+    return jax.lax.cond(
+        begins,
+        lambda: jax.tree_util.tree_map(lambda new, old: new.astype(old.dtype),
+                                       _start(x_new, y, loss, logits, grad, s.target, eps), s),
+        lambda: update(i, s, x_new, loss, logits, grad))
+
   return jax.lax.fori_loop(start, stop, step, state, unroll=unroll)
 
 
@@ -152,19 +177,19 @@ def _finish(state: ApgdState) -> Candidate:
 
 def _run(objective, x, y, key, *, eps, norm, steps, rho, momentum, unroll) -> Candidate:
   """One APGD run (Algorithm 1) from a random start; `objective` as in `gradients`."""
-  state = _begin(objective, x, y, key, jnp.zeros(y.shape, jnp.int32), eps=eps, norm=norm,
-                 steps=steps)
-  state = _advance(objective, x, y, key, state, 0, steps, eps=eps, norm=norm, steps=steps,
-                   rho=rho, momentum=momentum, unroll=loop_unroll(unroll, steps))
+  state = _advance(objective, x, y, key, fresh_state(x, jnp), -1, steps, eps=eps, norm=norm,
+                   steps=steps, rho=rho, momentum=momentum,
+                   unroll=loop_unroll(unroll, steps + 1))
   return _finish(state)
 
 
 def segment_starts(steps: int) -> tuple:
   """Where a host-side runner cuts a run of `steps` iterations to drop the points already
-  broken (`base.Stepped.starts`): 0, then steps / 20, steps / 10 and the first two
-  checkpoints w_1, w_2 (22 and 41 of 100), where most of the points that break do."""
-  return tuple(sorted({0} | {w for w in (steps // 20, steps // 10, *checkpoints(steps)[:2])
-                             if 0 < w < steps}))
+  broken (`base.Stepped.starts`): −1 (the random start, `_advance`), then steps / 20,
+  steps / 10 and the first two checkpoints w_1, w_2 (22 and 41 of 100), where most of the
+  points that break do."""
+  return (-1,) + tuple(sorted({w for w in (steps // 20, steps // 10, *checkpoints(steps)[:2])
+                               if 0 < w < steps}))
 
 
 def _check(norm, steps, restarts):
@@ -225,18 +250,14 @@ def apgd(eps: float,
     worst = worst_of_runs(lambda _, k: _run(bound, x, y, k, **options), key, restarts)
     return AttackResult(worst.x_adv, worst.success)
 
-  def begin(logits_fn, x, y, key, rank, restart):
-    del rank  # Untargeted.
-    return _begin(objective(logits_fn, x, y), x, y, run_key(key, restarts, restart),
-                  jnp.zeros(y.shape, jnp.int32), eps=eps, norm=norm, steps=steps)
-
   def advance(logits_fn, x, y, key, rank, restart, state, start, stop):
     del rank
     return _advance(objective(logits_fn, x, y), x, y, run_key(key, restarts, restart),
                     state, start, stop, **dict(options, unroll=1))
 
   attack.min_classes = required
-  attack.stepped = Stepped(begin, advance, _finish, steps, segment_starts(steps), restarts)
+  attack.stepped = Stepped(advance, fresh_state, _finish, steps, segment_starts(steps),
+                           restarts)
   return attack
 
 
@@ -305,21 +326,21 @@ def apgd_targeted(eps: float,
     x_adv = jnp.where(in_range, worst.x_adv, x)
     return AttackResult(x_adv, worst.success & in_range)
 
-  def begin(logits_fn, x, y, key, rank, restart):
-    """`single_target`'s run `restart` against the class ranked `rank` (1 … K − 1)."""
-    classes, ranked, key_runs = ranking(logits_fn, x, y, key)
-    target = ranked[:, jnp.minimum(rank, classes - 1)]
-    return _begin(targeted_objective(logits_fn, y, target), x, y,
-                  run_key(key_runs, restarts, restart), target, eps=eps, norm=norm,
-                  steps=steps)
-
   def advance(logits_fn, x, y, key, rank, restart, state, start, stop):
-    del rank  # The target is in `state`.
-    key_run = run_key(jax.random.split(key)[1], restarts, restart)  # As in `begin`.
-    return _advance(targeted_objective(logits_fn, y, state.target), x, y, key_run, state,
-                    start, stop, **dict(options, unroll=1))
+    """`single_target`'s run `restart` against the class ranked `rank` (1 … K − 1); a run
+    begun (start = −1) ranks the classes by the clean logits, later segments read the
+    target from `state`."""
+
+    def ranked_target():
+      classes, ranked, _ = ranking(logits_fn, x, y, key)
+      return ranked[:, jnp.minimum(rank, classes - 1)].astype(state.target.dtype)
+
+    target = jax.lax.cond(start < 0, ranked_target, lambda: state.target)
+    key_run = run_key(jax.random.split(key)[1], restarts, restart)  # As in `ranking`.
+    return _advance(targeted_objective(logits_fn, y, target), x, y, key_run,
+                    state._replace(target=target), start, stop, **dict(options, unroll=1))
 
   return TargetedAttack(all_targets, single_target, n_target_classes,
                         min_classes=dlr_targeted.min_classes,
-                        stepped=Stepped(begin, advance, _finish, steps, segment_starts(steps),
-                                        restarts))
+                        stepped=Stepped(advance, fresh_state, _finish, steps,
+                                        segment_starts(steps), restarts))

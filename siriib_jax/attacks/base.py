@@ -94,22 +94,22 @@ class Stepped:
   from the run's key and its own number, so the segments give the result of one loop.
 
   Attributes:
-    begin: `(logits_fn, x, y, key, rank, restart) -> state`, a pytree of per-point arrays
-      (leading B) with a (B,) bool field `success`, at the run's start; `rank` is the
-      target rank of a targeted attack (1 … K − 1, as in `TargetedAttack.single_target`;
-      0, unused, for an untargeted one), `restart` in 0 … restarts − 1 (int32 scalars,
-      traced). With the same `key`, the run is that of calling the attack (untargeted) or
-      its `single_target` with `rank` (targeted).
     advance: `(logits_fn, x, y, key, rank, restart, state, start, stop) -> state`,
-      iterations start … stop − 1 (int32 scalars, traced).
+      iterations start … stop − 1 (int32 scalars, traced) of run `restart` (0 … restarts −
+      1) against the class ranked `rank` (1 … K − 1, as in `TargetedAttack.single_target`;
+      0, unused, for an untargeted attack); `state` is a pytree of per-point arrays
+      (leading B) with a (B,) bool field `success`. Iteration −1 is the run's start:
+      start = −1 begins the run from `fresh_state(x)`. With the same `key`, the run is that
+      of calling the attack (untargeted) or its `single_target` with `rank` (targeted).
+    fresh_state: `x (B, H, W, C) -> state`, NumPy arrays, what a run begins from.
     finish: `state -> gradients.Candidate` (x_adv, success, loss): the run's result.
     steps: iterations per run.
-    starts: the iterations at which a runner cuts a run (0 first, each < steps).
+    starts: the iterations at which a runner cuts a run (−1 first, each < steps).
     restarts: runs per target; a success beats a failure, between two failures the higher
       loss is kept (`gradients.worst_case`).
   """
-  begin: Callable
   advance: Callable
+  fresh_state: Callable
   finish: Callable
   steps: int
   starts: Tuple[int, ...]

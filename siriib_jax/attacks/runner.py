@@ -21,7 +21,8 @@ from this process's measured times): on a cheap model or an accelerator a compil
 costs more than many padded points. APGD and APGD-T (`base.Stepped`) run likewise in
 segments of iterations, cut at `apgd.segment_starts` (5, 10, 22 and 41 of 100), each on the
 points not yet broken: a point's result is its first successful iterate, so its later
-iterations would change nothing.
+iterations would change nothing. A run's start (and Square's initial perturbation) is
+iteration −1 of its first segment: one program per chunk size does the whole run.
 
 Exactly as if every point were attacked: each point is attacked alone — the attack is
 `jax.vmap`ped over points, each a batch of one with its own PRNG key
@@ -190,7 +191,6 @@ def compiler_options() -> Optional[dict]:
 class _Compiled(NamedTuple):
   call: Optional[Callable] = None   # Plain attack, or one target of a targeted attack.
   score: Optional[Callable] = None  # A query loop's margin and verdict (`_score`).
-  begin: Optional[Callable] = None  # A `Stepped` run's start.
   advance: Optional[Callable] = None  # A query loop's or a `Stepped` run's iterations.
   finish: Optional[Callable] = None  # A `Stepped` run's result.
 
@@ -221,7 +221,6 @@ def _compiled(attack) -> _Compiled:
   stepped = _stepped(attack)
   if stepped is not None:
     return _Compiled(
-        begin=per_point(lambda f, x, y, k, s, rank, r: stepped.begin(f, x, y, k, rank, r)),
         advance=per_point(lambda f, x, y, k, s, rank, r, a, b: stepped.advance(
             f, x, y, k, rank, r, s, a, b)),
         finish=per_point(lambda f, x, y, k, s: stepped.finish(s)))
@@ -444,7 +443,7 @@ def _query_loop(attack: QueryAttack, compiled: _Compiled, logits_fn, batch: Poin
       report(stage, 0, 0, 1.0, started)
       break
     shared = (np.int32(r),)
-    state = attack.fresh_state(batch.x[points[attacked]].copy())
+    state = attack.fresh_state(batch.x[points[attacked]])
     work_done = 0
     for s, start in enumerate(bounds):
       stop = bounds[s + 1] if s + 1 < len(bounds) else queries
@@ -490,7 +489,7 @@ def _stepped_runs(stepped: Stepped, compiled: _Compiled, logits_fn, batch: Point
     return
   run = functools.partial(_map_points, logits_fn=logits_fn, points=batch, key=key,
                           layout=layout)
-  starts = stepped.starts if only_robust else (0,)
+  starts = stepped.starts if only_robust else stepped.starts[:1]
   work_done, best = 0, None
   already = found.success[points]
   for r in range(stepped.restarts):
@@ -502,7 +501,7 @@ def _stepped_runs(stepped: Stepped, compiled: _Compiled, logits_fn, batch: Point
     # The runs still to come (this one included) meet chunks of about these sizes again:
     # a size's padding is paid that many times, its compilation once (`sizes.choose_size`).
     repeats = ranks_left * (stepped.restarts - r)
-    state = run(compiled.begin, which=points[attacked], shared=shared, repeats=repeats)
+    state = stepped.fresh_state(batch.x[points[attacked]])
     for s, start in enumerate(starts):
       stop = starts[s + 1] if s + 1 < len(starts) else stepped.steps
       live = np.flatnonzero(~state.success) if only_robust else np.arange(len(attacked))
