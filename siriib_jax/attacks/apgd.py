@@ -158,11 +158,9 @@ def _advance(objective, x, y, key, state: ApgdState, start, stop, *, eps, norm, 
                          momentum_step)
     loss, logits, grad = value_logits_and_grad(
         objective, x_new, jax.random.fold_in(key_eot, jnp.where(begins, steps, i)))
-    return jax.lax.cond(
-        begins,
-        lambda: jax.tree_util.tree_map(lambda new, old: new.astype(old.dtype),
-                                       _start(x_new, y, loss, logits, grad, s.target, eps), s),
-        lambda: update(i, s, x_new, loss, logits, grad))
+    start = _start(x_new, y, loss, logits, grad, s.target, eps)
+    return jax.tree_util.tree_map(lambda new, old: jnp.where(begins, new.astype(old.dtype), old),
+                                  start, update(i, s, x_new, loss, logits, grad))
 
   return jax.lax.fori_loop(start, stop, step, state, unroll=unroll)
 

@@ -49,9 +49,9 @@ class ModelFn:
 @functools.partial(jax.jit, static_argnums=0)
 def _traced_once(model_fn: ModelFn, variables, x):
   """`model_fn.apply` under `jit`: JAX traces the Flax model once per `ModelFn`, variables'
-  structure and input shape, and every program that calls it (an attack's begin and
-  advance, its gradient, the clean pass) reuses that trace instead of running Flax's
-  Python again (BENCHMARKS.md §2k)."""
+  structure and input shape, and every program that calls it (an attack's segments and
+  result, its gradient, the clean pass) reuses that trace instead of running Flax's Python
+  again (BENCHMARKS.md §2k)."""
   return model_fn.apply(variables, x)
 
 
