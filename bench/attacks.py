@@ -36,7 +36,6 @@ Needs torch and pyautoattack (bench/requirements.txt) and ../shared/data.
 """
 
 import argparse
-import contextlib
 import json
 import logging
 import os
@@ -65,6 +64,7 @@ import cifar  # pylint: disable=wrong-import-position
 from siriib_jax.attacks import AutoAttack, fgsm, get_attack, pgd, runner  # pylint: disable=wrong-import-position
 from siriib_jax.models.conv import conv_general_dilated  # pylint: disable=wrong-import-position
 from siriib_jax.models.model_fn import logits_fn as make_logits_fn  # pylint: disable=wrong-import-position
+from timing import median_seconds  # pylint: disable=wrong-import-position
 from torch_reference import load_flax_variables  # pylint: disable=wrong-import-position
 
 EPS = 8 / 255
@@ -308,21 +308,13 @@ def time_forward(logits_fn, torch_model, x: np.ndarray, y: np.ndarray, repeats: 
     loss = F.cross_entropy(torch_model(v), y_t, reduction="sum")
     return torch.autograd.grad(loss, v)[0]
 
-  jobs = {"jax": lambda: jax.block_until_ready(apply(logits_fn, x)),
-          "jax_grad": lambda: jax.block_until_ready(grad(x, logits_fn, y)),
-          "torch": lambda: torch_model(x_t), "torch_grad": torch_grad}
-  times = {name: [] for name in jobs}
-  for name, job in jobs.items():  # Warm-up (and compilation).
-    with torch.no_grad() if name == "torch" else contextlib.nullcontext():
-      job()
-  for _ in range(repeats):
-    for name, job in jobs.items():
-      with torch.no_grad() if name == "torch" else contextlib.nullcontext():
-        start = time.perf_counter()
-        for _ in range(calls):
-          job()
-        times[name].append((time.perf_counter() - start) / calls)
-  return {name: float(np.median(t)) for name, t in times.items()}
+  def torch_forward():
+    with torch.no_grad():
+      return torch_model(x_t)
+
+  return median_seconds({"jax": lambda: jax.block_until_ready(apply(logits_fn, x)),
+                         "jax_grad": lambda: jax.block_until_ready(grad(x, logits_fn, y)),
+                         "torch": torch_forward, "torch_grad": torch_grad}, repeats, calls)
 
 
 def time_component(name: str, run: dict, seed: int, clock=None, warm: bool = True) -> dict:

@@ -13,10 +13,10 @@ import argparse
 import json
 import os
 import sys
-import time
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from siriib_jax.runtime import configure_process  # pylint: disable=wrong-import-position
 
@@ -27,21 +27,10 @@ import numpy as np  # pylint: disable=wrong-import-position
 import torch  # pylint: disable=wrong-import-position
 import torch.nn.functional as F  # pylint: disable=wrong-import-position
 
+from timing import median_seconds  # pylint: disable=wrong-import-position
+
 SHAPES = ((32, 8), (16, 16), (8, 32), (4, 64), (32, 64))  # (H = W, C)
 _NHWC = ("NHWC", "HWIO", "NHWC")
-
-
-def _median_ms(jobs: dict, repeats: int, calls: int) -> dict:
-  for job in jobs.values():
-    job()  # Warm-up (and compilation).
-  times = {name: [] for name in jobs}
-  for _ in range(repeats):
-    for name, job in jobs.items():
-      start = time.perf_counter()
-      for _ in range(calls):
-        job()
-      times[name].append((time.perf_counter() - start) / calls * 1e3)
-  return {name: float(np.median(t)) for name, t in times.items()}
 
 
 def measure(batch: int, side: int, channels: int, repeats: int, calls: int) -> dict:
@@ -58,13 +47,14 @@ def measure(batch: int, side: int, channels: int, repeats: int, calls: int) -> d
   w_t = torch.from_numpy(w).permute(3, 2, 0, 1).contiguous()
   s_t = torch.from_numpy(scale)
   with torch.no_grad():
-    ms = _median_ms({
+    seconds = median_seconds({
         "xla": lambda: xla_conv(x, w).block_until_ready(),
         "xla_bn_relu": lambda: xla_block(x, w, scale).block_until_ready(),
         "torch": lambda: F.conv2d(x_t, w_t, padding=1),
         "torch_bn_relu": lambda: torch.relu(F.batch_norm(F.conv2d(x_t, w_t, padding=1),
                                                          s_t, s_t, s_t, s_t, False)),
     }, repeats, calls)
+  ms = {name: t * 1e3 for name, t in seconds.items()}
   gflop = 2 * batch * side * side * 9 * channels ** 2 / 1e9
   return {"batch": batch, "side": side, "channels": channels, **ms,
           "xla_gflops": gflop / ms["xla"] * 1e3, "torch_gflops": gflop / ms["torch"] * 1e3,
