@@ -145,9 +145,13 @@ def test_siriibs_clean_pass_leaves_the_backbones_statistics_to_x_adv(config):
   assert float(dead["ib_dead_fraction"]) == 1.0 and float(dead["f_spread"]) < 1e-6
   _, once = model.apply({"params": state.params, "batch_stats": state.batch_stats}, x_adv,
                         train=True, mutable=["batch_stats"])
+  # Two programs (the jitted step, the model alone) reduce in different orders: equal to
+  # float32 rounding (they differed by up to 1.6e-6 after test_conv.py's programs had run in
+  # the same process); a second update of the statistics, from the clean images, moves them
+  # by 0.04–0.19.
   for a, b in zip(jax.tree.leaves(after.batch_stats["backbone"]),
                   jax.tree.leaves(once["batch_stats"]["backbone"])):
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
   moved_twice = [not np.allclose(a, b) for a, b in zip(
       jax.tree.leaves(after.batch_stats["siriib"]),
       jax.tree.leaves(once["batch_stats"]["siriib"]))]

@@ -13,7 +13,9 @@ Input gradient. Written out as a plain NHWC/HWIO convolution of the (stride-dila
 gradient with the kernel flipped in space and transposed in its channels: the convolution
 JAX's transpose rule describes, without the `rev` and transposed dimension numbers that
 XLA's CPU backend runs many times slower inside a rolled `lax.fori_loop`/`while` (APGD and
-FAB keep their 100+ steps rolled).
+FAB keep their 100+ steps rolled). A strided convolution's, on maps of at least
+`PHASE_MIN_SIDE`, by phases instead: one convolution of the undilated output gradient
+yields the s_h · s_w interleaved phases of ∂L/∂x, without the zeros of the dilation.
 
 `conv_general_dilated` takes this path when JAX's default backend is the CPU, for NHWC/HWIO
 convolutions without dilation or feature groups and with explicit non-negative or VALID
@@ -34,6 +36,9 @@ from jax import lax
 from siriib_jax import xla_cpu
 
 _NHWC = ("NHWC", "HWIO", "NHWC")
+# A strided convolution's input gradient runs by phases where ∂L/∂y is at least this many
+# pixels on each side (`_by_phases`).
+PHASE_MIN_SIDE = 8
 
 
 def _lax_conv(x, w, strides, padding, precision):
@@ -53,15 +58,68 @@ def _conv_nhwc_fwd(x, w, strides, padding, precision, kernel_gradient):
 
 
 def _input_gradient(g, w, in_hw, strides, padding, precision):
-  """∂L/∂x (B, H, W, C_in) of `_lax_conv` from g = ∂L/∂y (B, H', W', C_out): g dilated by
-  the strides, convolved (stride 1) with w flipped in space, C_in ↔ C_out."""
-  kernel = jnp.transpose(w[::-1, ::-1], (0, 1, 3, 2))
-  dilated_padding = []
-  for size, k, s, (lo, _), out in zip(in_hw, w.shape[:2], strides, padding, g.shape[1:3]):
-    before = k - 1 - lo
-    dilated_padding.append((before, size + k - 1 - ((out - 1) * s + 1) - before))
-  return lax.conv_general_dilated(g, kernel, (1, 1), dilated_padding, lhs_dilation=strides,
-                                  dimension_numbers=_NHWC, precision=precision)
+  """∂L/∂x (B, H, W, C_in) of `_lax_conv` from g = ∂L/∂y (B, H', W', C_out).
+
+  The stride-dilated g convolved (stride 1) with w flipped in space, C_in ↔ C_out; or, for
+  a strided convolution whose kernel covers every phase (k ≥ s) and whose g is at least
+  `PHASE_MIN_SIDE` on each side, by phases (`_phase_taps`): one stride-1 convolution of g
+  whose output holds, for each of the s_h · s_w phases (a, b), the pixels
+  x[s_h·m + a, s_w·n + b], then interleaved — the same sums without the dilation's zeros
+  (s_h · s_w times the work).
+  """
+  if not _by_phases(w.shape[:2], strides, g.shape[1:3]):
+    kernel = jnp.transpose(w[::-1, ::-1], (0, 1, 3, 2))
+    dilated_padding = []
+    for size, k, s, (lo, _), out in zip(in_hw, w.shape[:2], strides, padding, g.shape[1:3]):
+      before = k - 1 - lo
+      dilated_padding.append((before, size + k - 1 - ((out - 1) * s + 1) - before))
+    return lax.conv_general_dilated(g, kernel, (1, 1), dilated_padding, lhs_dilation=strides,
+                                    dimension_numbers=_NHWC, precision=precision)
+  kh, kw, c_in, c_out = w.shape
+  (rows, row_pad, row_taps), (cols, col_pad, col_taps) = (
+      _phase_taps(*axis) for axis in zip(in_hw, (kh, kw), strides, padding, g.shape[1:3]))
+  zero = jnp.zeros((c_out, c_in), w.dtype)
+  # kernel[t_h, t_w, :, (a, b, c)] = w[i, j, c, :] for the tap (i, j) phase (a, b) reads at
+  # offset (t_h, t_w), else 0.
+  kernel = jnp.stack([
+      jnp.stack([
+          jnp.concatenate([w[row_taps[t_h][a], col_taps[t_w][b]].T
+                           if row_taps[t_h][a] >= 0 and col_taps[t_w][b] >= 0 else zero
+                           for a in range(strides[0]) for b in range(strides[1])], axis=1)
+          for t_w in range(len(col_taps))])
+      for t_h in range(len(row_taps))])
+  phases = lax.conv_general_dilated(lax.pad(g, jnp.zeros((), g.dtype),
+                                            ((0, 0, 0), row_pad + (0,), col_pad + (0,),
+                                             (0, 0, 0))),
+                                    kernel, (1, 1), "VALID", dimension_numbers=_NHWC,
+                                    precision=precision)
+  batch = g.shape[0]
+  x_grad = phases.reshape(batch, rows, cols, strides[0], strides[1], c_in)
+  x_grad = x_grad.transpose(0, 1, 3, 2, 4, 5).reshape(batch, rows * strides[0],
+                                                      cols * strides[1], c_in)
+  return x_grad[:, :in_hw[0], :in_hw[1]]
+
+
+def _by_phases(kernel_hw, strides, out_hw) -> bool:
+  """Whether `_input_gradient` takes the phases (measurements: BENCHMARKS.md §4)."""
+  return (any(s > 1 for s in strides) and all(k >= s for k, s in zip(kernel_hw, strides))
+          and min(out_hw) >= PHASE_MIN_SIDE)
+
+
+def _phase_taps(size: int, k: int, stride: int, padding, out: int):
+  """Along one axis: x[s·m + a] receives Σ_i g[m + d] · w[i] over the taps i with
+  a + lo − i = s·d. Returns the phases' length ⌈size / s⌉, the (low, high) padding of g
+  that makes offset t = d − min d read g[m + d] for every phase's m, and taps[t][a]: the
+  tap i at offset t for phase a (−1: none)."""
+  lo = padding[0]
+  offsets = {(a, i): (a + lo - i) // stride for a in range(stride) for i in range(k)
+             if (a + lo - i) % stride == 0}
+  first, last = min(offsets.values()), max(offsets.values())
+  taps = [[-1] * stride for _ in range(last - first + 1)]
+  for (a, i), d in offsets.items():
+    taps[d - first][a] = i
+  length = -(-size // stride)
+  return length, (-first, length - out + last), taps
 
 
 def _kernel_gradient_taps(x, w, g, strides, padding, precision):
