@@ -95,7 +95,7 @@ def _jax_step(model_name, mode, args, images, labels):
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   from siriib_jax.configs.default import get_config  # pylint: disable=import-outside-toplevel
-  from siriib_jax import strategies  # pylint: disable=import-outside-toplevel
+  from siriib_jax.training import strategies  # pylint: disable=import-outside-toplevel
   from siriib_jax.models import create_model  # pylint: disable=import-outside-toplevel
   from siriib_jax.training.state import create_train_state  # pylint: disable=import-outside-toplevel
   from siriib_jax.training.step import make_train_step  # pylint: disable=import-outside-toplevel
