@@ -111,7 +111,7 @@ def test_iteration_minus_one_is_the_initial_perturbation(norm):
     np.testing.assert_array_equal(np.sign(delta), np.sign(delta[:, :1]).repeat(8, axis=1))
   else:
     np.testing.assert_allclose(_size(delta, "l2"), eps, rtol=1e-4)
-  np.testing.assert_allclose(first.margin, attack.margin(logits_fn, first.x, y), rtol=1e-6)
+  np.testing.assert_allclose(first.margin, attack.margin(logits_fn(first.x), y), rtol=1e-6)
   whole = advance(logits_fn, x, y, key, 0, attack.fresh_state(x), -1, 30)
   split = advance(logits_fn, x, y, key, 0, first, 0, 12)
   split = advance(logits_fn, x, y, key, 0, split, 12, 30)

@@ -165,7 +165,9 @@ class QueryAttack:
 
   Attributes:
     all_queries: the `Attack` over every restart and query.
-    margin: `(logits_fn, x, y) -> (B,)` the margin z_y − max_{j≠y} z_j the loop lowers.
+    margin: `(logits (B, K), y (B,)) -> (B,)` the margin z_y − max_{j≠y} z_j the loop
+      lowers, a function of the logits alone (so that one forward pass gives it and the
+      verdict: `runner._score`).
     advance: `(logits_fn, x, y, key, restart, state, start, stop) -> SearchState`,
       iterations start … stop − 1 (int32 scalars, traced) of restart `restart` (an int32
       scalar, traced) on every point of the batch; a point stops once misclassified.

@@ -110,9 +110,15 @@ def _unit(v: jnp.ndarray, norm: jnp.ndarray) -> jnp.ndarray:
   return v / jnp.where(norm > 0, norm, 1.0)
 
 
+def margin(logits: jnp.ndarray, y: jnp.ndarray) -> jnp.ndarray:
+  """(B,) `z_y − max_{j≠y} z_j` of logits (B, K) and labels y (B,): the loss Square
+  minimises; ≤ 0 once misclassified."""
+  return -cw_margin(logits, y)
+
+
 def _margin(logits_fn: LogitsFn, x: jnp.ndarray, y: jnp.ndarray) -> jnp.ndarray:
-  """(B,) `z_y − max_{j≠y} z_j`: the loss Square minimises; ≤ 0 once misclassified."""
-  return -cw_margin(logits_fn(x), y)
+  """`margin` at x (B, H, W, C)."""
+  return margin(logits_fn(x), y)
 
 
 def _raise_if_nan(nan_margin: np.ndarray) -> None:
@@ -361,4 +367,4 @@ def square(eps: float, norm: str = "linf", queries: int = 5000, p_init: float = 
     success = misclassified(logits_fn(x_adv), y)
     return AttackResult(x_adv, success)
 
-  return QueryAttack(attack, _margin, advance, fresh_state, queries, restarts)
+  return QueryAttack(attack, margin, advance, fresh_state, queries, restarts)
