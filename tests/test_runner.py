@@ -43,3 +43,24 @@ def test_a_partial_chunk_runs_at_a_compiled_size_when_padding_is_cheaper(monkeyp
   assert "/jax/core/compile/backend_compile_duration" not in compile_events
   np.testing.assert_array_equal(some[0][todo], every[0][todo])
   np.testing.assert_allclose(some[1][todo], every[1][todo], rtol=0, atol=1e-6)
+
+
+def test_a_segments_padding_is_weighed_by_the_iterations_still_to_come(monkeypatch):
+  """APGD's segments (`apgd.segment_starts`) each decide a partial chunk's size by the work
+  per point still to come — the run's iterations from the segment on, and every later
+  run's (restarts, targets) — not by the segment's own few iterations: a chunk decided in
+  a 5-iteration segment would otherwise run its 59-iteration segment padded alike."""
+  asked = []
+  book = CostBook()
+  original = book.size_for
+  monkeypatch.setattr(book, "size_for", lambda key, n, size, units, limit, multiple=1: (
+      asked.append((n, units)) or original(key, n, size, units, limit, multiple)))
+  monkeypatch.setattr(runner, "_COSTS", book)
+  fn, x, y, eps, _ = linear_attack_problem(n=16, wrong=0)
+  attack = attacks.apgd(eps, steps=100, restarts=2)
+  success, x_adv = np.zeros(len(x), bool), x.copy()
+  runner.attack_points(attack, fn, x, y, jax.random.key(3), np.ones(len(x), bool), success,
+                       x_adv, bucket=16, only_robust=False)
+  # One segment per run (`only_robust=False`), from iteration −1; then `finish` (one pass,
+  # the runs still to come).
+  assert asked == [(16, 101 + 100), (16, 2), (16, 101), (16, 1)]

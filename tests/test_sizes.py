@@ -57,3 +57,13 @@ def test_a_chunk_size_is_decided_once_per_program_and_point_count():
   book.record("advance", size=64, units=10, seconds=300.0, compile_s=0.0)  # Now slow.
   assert book.size_for("advance", 60, 60, units=10, limit=500) == 64  # As decided.
   assert book.size_for("advance", 59, 60, units=10, limit=500) == 60  # Decided anew.
+
+
+def test_a_chunk_with_more_work_to_come_is_decided_anew():
+  """The same 60 points in a 10-iteration segment and with 1,000 iterations still to come:
+  4 padded points cost 4 · 10 · 1/640 s < 2 s of compilation in the first, 6.25 s > 2 s in
+  the second."""
+  book = CostBook()
+  book.record("advance", size=64, units=10, seconds=3.0, compile_s=2.0)
+  assert book.size_for("advance", 60, 60, units=10, limit=500) == 64
+  assert book.size_for("advance", 60, 60, units=1000, limit=500) == 60

@@ -199,7 +199,7 @@ def _score(attack: QueryAttack, logits_fn, x, y):
   """A query loop's margin at x and whether x is misclassified (`base.misclassified`), from
   one forward pass: the clean margins and the final verdict share one program."""
   logits = logits_fn(x)
-  return attack.margin(lambda _: logits, x, y), misclassified(logits, y)
+  return attack.margin(logits, y), misclassified(logits, y)
 
 
 def clear_caches() -> None:
@@ -273,14 +273,15 @@ def _record(which: np.ndarray, broke: np.ndarray, x_found: np.ndarray, found: Fo
 
 def _map_points(call, logits_fn, points: Points, key, which: np.ndarray, layout: Layout, *,
                 state=(), shared=(), bits=SIGNIFICANT_BITS, piece: int = 0,
-                after_chunk=None, units: float = 1.0, repeats: int = 1):
+                after_chunk=None, units: float = 1.0, to_come: Optional[float] = None):
   """`call` (from `per_point`) on the points `which` (indices into `points`), cut by
   `chunk_plan` (chunks of at most `layout.bucket`); `state`: per-point arrays (leading
   len(which)). A partial chunk runs at a size already compiled where that is expected to
-  cost less than compiling its own (`sizes.choose_size`; `units`: the work per point of a
-  call, e.g. its iterations; `repeats`: how often calls of about this size are still to
-  come). Returns the outputs of those points (NumPy, leading
-  len(which)); `after_chunk(chunk, outputs)` after each (`chunk`: a slice of `which`)."""
+  cost less than compiling its own (`sizes.choose_size`; `units`: the work per point of
+  this call, e.g. its iterations; `to_come`: the work per point of this call and those
+  still to come at about this size, in the same unit, default `units`). Returns the
+  outputs of those points (NumPy, leading len(which)); `after_chunk(chunk, outputs)` after
+  each (`chunk`: a slice of `which`)."""
   outputs = None
   mesh = layout.mesh
   multiple = mesh.size if mesh is not None else 1
@@ -292,7 +293,8 @@ def _map_points(call, logits_fn, points: Points, key, which: np.ndarray, layout:
   for n, size in (chunk_plan(len(which), layout.bucket, bits, multiple, piece)
                   if len(which) else []):
     if not piece:
-      size = _COSTS.size_for(cost_key, n, size, units * repeats, layout.bucket, multiple)
+      size = _COSTS.size_for(cost_key, n, size, units if to_come is None else to_come,
+                             layout.bucket, multiple)
     chunk = slice(start, start + n)
     start += n
     pad = np.concatenate([np.arange(chunk.start, chunk.stop),
@@ -392,7 +394,7 @@ def attack_points(attack, logits_fn, x: np.ndarray, y: np.ndarray, key: jax.Arra
     if not len(which):
       report(stage, 0, 0, 1.0, started)
     _map_points(call, logits_fn, points, k, which, layout, shared=shared,
-                after_chunk=after_chunk, repeats=repeats)
+                after_chunk=after_chunk, to_come=repeats)
 
   def by_target(run):
     """`run(stage, key, rank, ranks_left)` for each target rank of a targeted attack (once,
@@ -498,8 +500,9 @@ def _stepped_runs(stepped: Stepped, compiled: _Compiled, logits_fn, batch: Point
                 else np.arange(len(points)))
     if not len(attacked):
       break
-    # The runs still to come (this one included) meet chunks of about these sizes again:
-    # a size's padding is paid that many times, its compilation once (`sizes.choose_size`).
+    # The runs still to come (this one included) meet chunks of about these sizes again: a
+    # size's padding is paid by this run's iterations still to come and every later run's,
+    # its compilation once (`sizes.choose_size`).
     repeats = ranks_left * (stepped.restarts - r)
     state = stepped.fresh_state(batch.x[points[attacked]])
     for s, start in enumerate(starts):
@@ -510,7 +513,8 @@ def _stepped_runs(stepped: Stepped, compiled: _Compiled, logits_fn, batch: Point
       segment = run(compiled.advance, which=points[attacked][live],
                     state=jax.tree_util.tree_map(lambda a: a[live], state),
                     shared=shared + (np.int32(start), np.int32(stop)),
-                    units=stop - start, repeats=repeats)
+                    units=stop - start,
+                    to_come=stepped.steps - start + (repeats - 1) * stepped.steps)
       jax.tree_util.tree_map(lambda whole, part: whole.__setitem__(live, part), state,
                              segment)
       work_done += len(live) * (stop - start)
@@ -523,7 +527,7 @@ def _stepped_runs(stepped: Stepped, compiled: _Compiled, logits_fn, batch: Point
       report(len(points) - (0 if finished else still), len(points),
              work_done / max(work_done + work_left, 1), started,
              pending=(broken & ~already).sum())
-    result = run(compiled.finish, which=points[attacked], state=state, repeats=repeats)
+    result = run(compiled.finish, which=points[attacked], state=state, to_come=repeats)
     if best is None:
       best = result
       continue

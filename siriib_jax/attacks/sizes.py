@@ -82,10 +82,11 @@ class CostBook:
 
   def size_for(self, key: Hashable, n: int, size: int, units: float, limit: int,
                multiple: int = 1) -> int:
-    """`choose_size` for a chunk of n points of the program `key`, decided once: a later
-    chunk of n points of the same program runs at the same size (so a repeated evaluation
-    compiles nothing new and cuts its points alike)."""
-    memo = (key, n, size, limit, multiple)
+    """`choose_size` for a chunk of n points of the program `key` with `units` of work to
+    come, decided once: a later such chunk runs at the same size (so a repeated evaluation
+    compiles nothing new and cuts its points alike); a chunk of n points with more work to
+    come is decided anew."""
+    memo = (key, n, size, units, limit, multiple)
     if memo not in self._chosen:
       self._chosen[memo] = choose_size(n, size, self.get(key), units, limit, multiple)
     return self._chosen[memo]
