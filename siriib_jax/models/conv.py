@@ -65,7 +65,7 @@ def _input_gradient(g, w, in_hw, strides, padding, precision):
   `PHASE_MIN_SIDE` on each side, by phases (`_phase_taps`): one stride-1 convolution of g
   whose output holds, for each of the s_h · s_w phases (a, b), the pixels
   x[s_h·m + a, s_w·n + b], then interleaved — the same sums without the dilation's zeros
-  (s_h · s_w times the work).
+  (which make s_h · s_w times the work).
   """
   if not _by_phases(w.shape[:2], strides, g.shape[1:3]):
     kernel = jnp.transpose(w[::-1, ::-1], (0, 1, 3, 2))
