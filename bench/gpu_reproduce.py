@@ -154,7 +154,11 @@ def write_npz(out: pathlib.Path, folder: pathlib.Path, train_size: int) -> tuple
   return str(directory), split
 
 
-def make_config(args, data_dir: str, siriib: bool):
+def make_config(args, data_dir: str, siriib: bool, weight_averaging: float = 0.0,
+                guard: str = "none"):
+  """The run's config from `args` (`epochs`, `batch_size`, `toy`), the packed data and the
+  model's options (also read by `gpu_autoattack.py`, whose arguments have no
+  `--weight_averaging` or `--guard`)."""
   config = cifar10_r18.get_config()
   config.dataset.name = "npz"
   config.dataset.data_dir = data_dir
@@ -163,8 +167,8 @@ def make_config(args, data_dir: str, siriib: bool):
   config.optimizer.decay_epochs = (max(1, round(0.75 * args.epochs)),
                                    max(1, round(0.9 * args.epochs)))
   config.batch_size = args.batch_size
-  config.weight_averaging.decay = args.weight_averaging
-  config.model.siriib.guard = args.guard
+  config.weight_averaging.decay = weight_averaging
+  config.model.siriib.guard = guard
   config.half_precision = jax.default_backend() != "cpu"
   config.keep_checkpoints = 1
   config.log_every_steps = 100
@@ -200,7 +204,8 @@ def main(argv=None):
   if path.exists():  # An earlier call's phases (e.g. training) are kept beside this one's.
     results = {**json.loads(path.read_text()), "_run": results["_run"]}
   names = args.models.split(",")
-  configs = {name: make_config(args, data_dir, MODELS[name]) for name in names}
+  configs = {name: make_config(args, data_dir, MODELS[name], args.weight_averaging,
+                              args.guard) for name in names}
 
   def phase(name, key, seconds_key, run):
     start = time.time()
